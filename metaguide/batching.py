@@ -1,0 +1,148 @@
+"""Micro-batching in front of a model: many callers, one model call per batch.
+
+Callers from every partition ``await embed_one(text)``. A single runner task cuts a batch
+when it holds ``max_batch_size`` texts or when its oldest text has waited ``max_latency_s``,
+then runs the model in a worker thread so the event loop (Kafka polling, heartbeats) never
+waits on it. While the model runs, new texts queue up for the next batch. A model error is
+set on the futures of exactly the callers in that batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["MicroBatcher", "BatchStats"]
+
+EmbedFn = Callable[[list[str]], np.ndarray]
+
+
+@dataclass
+class BatchStats:
+    """What the batcher did, for metrics and tests."""
+
+    batches: int = 0
+    items: int = 0
+    max_batch: int = 0
+    sizes: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Pending:
+    text: str
+    future: asyncio.Future[np.ndarray]
+    enqueued: float
+
+
+class MicroBatcher:
+    """Collects texts into batches by size and latency budget; one model call at a time."""
+
+    def __init__(
+        self,
+        embed_many: EmbedFn,
+        *,
+        max_batch_size: int = 32,
+        max_latency_s: float = 0.05,
+        on_batch: Callable[[int, float, float], None] | None = None,
+        keep_sizes: bool = False,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if max_latency_s < 0:
+            raise ValueError(f"max_latency_s must be >= 0, got {max_latency_s}")
+        self._embed_many = embed_many
+        self.max_batch_size = max_batch_size
+        self.max_latency_s = max_latency_s
+        self._on_batch = on_batch  # (size, fill_seconds, model_seconds)
+        self._keep_sizes = keep_sizes
+        self._queue: deque[_Pending] = deque()
+        self._wakeup = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="encoder")
+        self.stats = BatchStats()
+
+    @property
+    def queued(self) -> int:
+        """Texts waiting for a batch (not counting the batch in the model)."""
+        return len(self._queue)
+
+    async def embed_one(self, text: str) -> np.ndarray:
+        """Queue one text and wait for its vector."""
+        self._ensure_running()
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(text, future, time.monotonic()))
+        self._wakeup.set()
+        return await future
+
+    async def embed_many(self, texts: list[str]) -> list[np.ndarray]:
+        """Queue several texts (they may share batches with other callers)."""
+        return list(await asyncio.gather(*(self.embed_one(t) for t in texts)))
+
+    def _ensure_running(self) -> None:
+        if self._runner is None or self._runner.done():
+            self._runner = asyncio.get_running_loop().create_task(self._run(), name="microbatcher")
+
+    async def close(self) -> None:
+        """Stop the runner; texts still queued get a CancelledError."""
+        if self._runner is not None:
+            self._runner.cancel()
+            try:
+                await self._runner
+            except asyncio.CancelledError:
+                pass
+        while self._queue:
+            pending = self._queue.popleft()
+            if not pending.future.done():
+                pending.future.cancel()
+        self._executor.shutdown(wait=False)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            deadline = self._queue[0].enqueued + self.max_latency_s
+            while len(self._queue) < self.max_batch_size:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+                except TimeoutError:
+                    break
+            batch = [self._queue.popleft() for _ in range(min(self.max_batch_size, len(self._queue)))]
+            batch = [p for p in batch if not p.future.cancelled()]
+            if not batch:
+                continue
+            fill_s = time.monotonic() - batch[0].enqueued
+            started = time.perf_counter()
+            try:
+                vectors = await loop.run_in_executor(
+                    self._executor, self._embed_many, [p.text for p in batch]
+                )
+                if len(vectors) != len(batch):
+                    raise RuntimeError(f"model returned {len(vectors)} vectors for {len(batch)} texts")
+            except Exception as exc:  # the callers of this batch get the error, the runner goes on
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                continue
+            model_s = time.perf_counter() - started
+            for p, vector in zip(batch, vectors, strict=True):
+                if not p.future.done():
+                    p.future.set_result(vector)
+            self.stats.batches += 1
+            self.stats.items += len(batch)
+            self.stats.max_batch = max(self.stats.max_batch, len(batch))
+            if self._keep_sizes:
+                self.stats.sizes.append(len(batch))
+            if self._on_batch is not None:
+                self._on_batch(len(batch), fill_s, model_s)

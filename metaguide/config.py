@@ -1,0 +1,128 @@
+"""Typed settings, read from ``METAGUIDE_*`` environment variables (12-factor).
+
+Two broker profiles: ``embedded`` (the Tansu broker of the demo and tests, with the Faust
+settings it needs) and ``kafka`` (a real cluster, Faust's defaults). Secrets are wrapped in
+:class:`Secret`, whose repr never shows the value.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from metaguide.errors import ConfigError
+
+__all__ = ["Secret", "Settings"]
+
+
+class Secret:
+    """A string that does not print itself."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def _default_data_dir() -> str:
+    return str(Path(__file__).resolve().parents[1].parent / "shared" / "data")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a worker, the demo and the tools need to know. Env: ``METAGUIDE_<NAME>``."""
+
+    broker_url: str = "kafka://127.0.0.1:9092"
+    broker_profile: str = "kafka"  # "embedded" (Tansu) or "kafka"
+    app_id: str = "metaguide"
+    topic_prefix: str = "metaguide."
+    partitions: int = 4
+    model: str = "bundled:all-MiniLM-L6-v2"
+    device: str = "auto"
+    max_length: int = 128
+    max_batch_size: int = 32
+    max_latency_s: float = 0.05
+    max_in_flight: int = 256
+    top_k: int = 3
+    temperature: float = 0.05
+    metrics_port: int = 9464
+    metrics_host: str = "0.0.0.0"
+    web_port: int = 6066
+    web_host: str = "0.0.0.0"
+    state_dir: str = "/tmp/metaguide-state"
+    data_dir: str = field(default_factory=_default_data_dir)
+    log_level: str = "info"
+    security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL
+    sasl_mechanism: str = "PLAIN"  # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
+    sasl_username: str = ""
+    sasl_password: Secret = field(default_factory=lambda: Secret(""))
+    ssl_cafile: str = ""
+
+    def __post_init__(self) -> None:
+        if self.broker_profile not in ("embedded", "kafka"):
+            raise ConfigError(
+                f"METAGUIDE_BROKER_PROFILE is {self.broker_profile!r}: expected embedded or kafka"
+            )
+        if self.max_batch_size < 1:
+            raise ConfigError(f"METAGUIDE_MAX_BATCH_SIZE must be >= 1, got {self.max_batch_size}")
+        if self.max_latency_s < 0:
+            raise ConfigError(f"METAGUIDE_MAX_LATENCY_S must be >= 0, got {self.max_latency_s}")
+        if self.top_k < 1:
+            raise ConfigError(f"METAGUIDE_TOP_K must be >= 1, got {self.top_k}")
+        if self.temperature <= 0:
+            raise ConfigError(f"METAGUIDE_TEMPERATURE must be > 0, got {self.temperature}")
+        if self.security_protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+            raise ConfigError(f"METAGUIDE_SECURITY_PROTOCOL is {self.security_protocol!r}")
+
+    def topic(self, name: str) -> str:
+        """Full topic name: prefix + name (``listings``, ``clicks``, ``classifications``...)."""
+        return f"{self.topic_prefix}{name}"
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read ``METAGUIDE_<FIELD>`` variables; explicit overrides win."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"METAGUIDE_{f.name.upper()}")
+            if raw is None:
+                continue
+            kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+            try:
+                if kind == "int":
+                    values[f.name] = int(raw)
+                elif kind == "float":
+                    values[f.name] = float(raw)
+                elif kind == "Secret":
+                    values[f.name] = Secret(raw)
+                else:
+                    values[f.name] = raw
+            except ValueError:
+                raise ConfigError(
+                    f"METAGUIDE_{f.name.upper()} must be a {kind}, got {raw!r}"
+                ) from None
+        values.update(overrides)
+        return cls(**values)

@@ -1,0 +1,273 @@
+"""Event contracts: decoding of incoming events and encoding of outgoing ones.
+
+The JSON Schemas in ``schemas/`` are the contract; the decoders here implement them by hand
+(fast enough for the click path, and with a specific reason for every rejection). A test
+checks that both accept and reject the same events.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from metaguide.errors import SchemaViolation
+
+__all__ = [
+    "ACTIONS",
+    "ListingEvent",
+    "ClickEvent",
+    "decode_listing",
+    "decode_click",
+    "classification_record",
+    "dead_letter_record",
+    "encode_json",
+]
+
+ACTIONS = ("view", "click", "cart", "purchase")
+TS_MIN = 946684800.0  # 2000-01-01
+TS_MAX = 4102444800.0  # 2100-01-01
+MAX_TITLE_CHARS = 2000
+MAX_DESCRIPTION_CHARS = 20000
+MAX_ID_CHARS = 128
+MAX_CATEGORY_CHARS = 200
+MAX_ATTRIBUTES = 64
+MAX_ATTRIBUTE_CHARS = 1000
+_PLATFORM_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+@dataclass(frozen=True, slots=True)
+class ListingEvent:
+    """A product listing; ``category`` set means a labelled example."""
+
+    event_id: str
+    platform: str
+    item_id: str
+    title: str
+    ts: float
+    description: str | None = None
+    attributes: dict[str, str] | None = None
+    price: float | None = None
+    category: str | None = None
+
+    @property
+    def text(self) -> str:
+        """What the encoder sees: the title, then the description when there is one."""
+        if self.description:
+            return f"{self.title}. {self.description}"
+        return self.title
+
+
+@dataclass(frozen=True, slots=True)
+class ClickEvent:
+    """A user's interaction with an item (no text: the item embedding is joined)."""
+
+    event_id: str
+    platform: str
+    user_id: str
+    item_id: str
+    action: str
+    ts: float
+
+
+def _load_object(raw: bytes | str | None) -> dict[str, Any]:
+    if raw is None:
+        raise SchemaViolation("empty_value", "the event has no value (tombstone or null)")
+    try:
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise SchemaViolation("invalid_json", f"value is not valid UTF-8 JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise SchemaViolation("wrong_type", f"value must be a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _check_fields(obj: dict[str, Any], required: tuple[str, ...], optional: tuple[str, ...]) -> None:
+    for name in required:
+        if name not in obj:
+            raise SchemaViolation("missing_field", f"required field {name!r} is missing")
+    allowed = set(required) | set(optional) | {"schema"}
+    extra = sorted(set(obj) - allowed)
+    if extra:
+        raise SchemaViolation("unknown_field", f"unknown field(s) {extra[:5]!r}")
+
+
+def _string(obj: dict[str, Any], name: str, max_chars: int, *, min_chars: int = 1) -> str:
+    value = obj[name]
+    if not isinstance(value, str):
+        raise SchemaViolation(
+            "wrong_type", f"field {name!r} must be a string, got {type(value).__name__}"
+        )
+    if len(value) < min_chars:
+        raise SchemaViolation("empty_field", f"field {name!r} must not be empty")
+    if len(value) > max_chars:
+        raise SchemaViolation(
+            "too_long", f"field {name!r} has {len(value)} characters, the limit is {max_chars}"
+        )
+    return value
+
+
+def _number(obj: dict[str, Any], name: str) -> float:
+    value = obj[name]
+    # bool is an int in Python but not a number in JSON Schema
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SchemaViolation(
+            "wrong_type", f"field {name!r} must be a number, got {type(value).__name__}"
+        )
+    if not math.isfinite(value):
+        raise SchemaViolation("out_of_range", f"field {name!r} must be finite, got {value!r}")
+    return float(value)
+
+
+def _timestamp(obj: dict[str, Any]) -> float:
+    ts = _number(obj, "ts")
+    if not TS_MIN <= ts <= TS_MAX:
+        raise SchemaViolation(
+            "out_of_range", f"field 'ts' is {ts!r}, expected Unix seconds in [{TS_MIN:.0f}, {TS_MAX:.0f}]"
+        )
+    return ts
+
+
+def _platform(obj: dict[str, Any]) -> str:
+    value = _string(obj, "platform", 64)
+    if not _PLATFORM_RE.fullmatch(value):
+        raise SchemaViolation(
+            "bad_identifier",
+            f"field 'platform' is {value[:80]!r}: letters, digits, '_', '.', '-' only",
+        )
+    return value
+
+
+def _check_schema_tag(obj: dict[str, Any], expected: str) -> None:
+    tag = obj.get("schema", expected)
+    if tag != expected:
+        raise SchemaViolation("wrong_schema", f"field 'schema' is {tag!r}, expected {expected!r}")
+
+
+def decode_listing(raw: bytes | str | None) -> ListingEvent:
+    """Parse and validate one listing event (``schemas/listing.v1.json``)."""
+    obj = _load_object(raw)
+    _check_fields(
+        obj,
+        ("event_id", "platform", "item_id", "title", "ts"),
+        ("description", "attributes", "price", "category"),
+    )
+    _check_schema_tag(obj, "listing.v1")
+    description = None
+    if "description" in obj:
+        description = _string(obj, "description", MAX_DESCRIPTION_CHARS, min_chars=0)
+    attributes = None
+    if "attributes" in obj:
+        attributes = obj["attributes"]
+        if not isinstance(attributes, dict):
+            raise SchemaViolation("wrong_type", "field 'attributes' must be an object of strings")
+        if len(attributes) > MAX_ATTRIBUTES:
+            raise SchemaViolation("too_long", f"field 'attributes' has {len(attributes)} entries")
+        for key, value in attributes.items():
+            if not isinstance(value, str):
+                raise SchemaViolation(
+                    "wrong_type", f"attribute {key[:40]!r} must be a string, got {type(value).__name__}"
+                )
+            if len(value) > MAX_ATTRIBUTE_CHARS:
+                raise SchemaViolation("too_long", f"attribute {key[:40]!r} is too long")
+    price = None
+    if "price" in obj:
+        price = _number(obj, "price")
+        if price < 0:
+            raise SchemaViolation("out_of_range", f"field 'price' is {price!r}, must be >= 0")
+    category = _string(obj, "category", MAX_CATEGORY_CHARS) if "category" in obj else None
+    return ListingEvent(
+        event_id=_string(obj, "event_id", MAX_ID_CHARS),
+        platform=_platform(obj),
+        item_id=_string(obj, "item_id", MAX_ID_CHARS),
+        title=_string(obj, "title", MAX_TITLE_CHARS),
+        ts=_timestamp(obj),
+        description=description,
+        attributes=attributes,
+        price=price,
+        category=category,
+    )
+
+
+def decode_click(raw: bytes | str | None) -> ClickEvent:
+    """Parse and validate one click event (``schemas/click.v1.json``)."""
+    obj = _load_object(raw)
+    _check_fields(obj, ("event_id", "platform", "user_id", "item_id", "action", "ts"), ())
+    _check_schema_tag(obj, "click.v1")
+    action = obj["action"]
+    if action not in ACTIONS:
+        raise SchemaViolation(
+            "unknown_action", f"field 'action' is {str(action)[:40]!r}, expected one of {ACTIONS}"
+        )
+    return ClickEvent(
+        event_id=_string(obj, "event_id", MAX_ID_CHARS),
+        platform=_platform(obj),
+        user_id=_string(obj, "user_id", MAX_ID_CHARS),
+        item_id=_string(obj, "item_id", MAX_ID_CHARS),
+        action=action,
+        ts=_timestamp(obj),
+    )
+
+
+def check_key(key: bytes | None, expected: str, field: str) -> None:
+    """Reject an event whose message key disagrees with the id in its payload."""
+    if key is None:
+        return
+    if key != expected.encode():
+        raise SchemaViolation(
+            "key_mismatch",
+            f"message key {key[:80]!r} differs from the payload's {field} {expected[:80]!r}",
+        )
+
+
+def classification_record(
+    listing: ListingEvent, top_k: list[tuple[str, float]], model_version: str
+) -> dict[str, Any]:
+    """The output for one unlabelled listing (``schemas/classification.v1.json``)."""
+    return {
+        "schema": "classification.v1",
+        "event_id": listing.event_id,
+        "platform": listing.platform,
+        "item_id": listing.item_id,
+        "top_k": [{"category": c, "score": round(s, 6)} for c, s in top_k],
+        "model_version": model_version,
+        "listing_ts": listing.ts,
+        "ts": time.time(),
+    }
+
+
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode("ascii")
+
+
+def dead_letter_record(
+    *,
+    source_topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    reason: str,
+    detail: str,
+) -> dict[str, Any]:
+    """A dead-letter record (``schemas/dead_letter.v1.json``) keeping the original bytes."""
+    return {
+        "schema": "dead_letter.v1",
+        "source_topic": source_topic,
+        "partition": partition,
+        "offset": offset,
+        "key_b64": _b64(key),
+        "value_b64": _b64(value),
+        "reason": reason,
+        "detail": detail[:2000],
+        "ts": time.time(),
+    }
+
+
+def encode_json(record: dict[str, Any]) -> bytes:
+    """Compact JSON bytes for the wire."""
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

@@ -1,0 +1,111 @@
+"""Prometheus metrics, one registry per worker (so tests can run several in one process).
+
+Names follow ``metaguide_<what>_<unit>``; counters end in ``_total``; no user or item ids
+appear as labels (their number is unbounded).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
+
+__all__ = ["Metrics"]
+
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    """All of a worker's metrics, registered on their own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events_consumed = Counter(
+            "metaguide_events_consumed_total", "Events read from an input topic.", ["topic"], registry=r
+        )
+        self.events_failed = Counter(
+            "metaguide_events_failed_total",
+            "Events that could not be processed (each also goes to the dead-letter topic).",
+            ["topic"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "metaguide_dead_letters_total",
+            "Events sent to the dead-letter topic, by reason code.",
+            ["topic", "reason"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "metaguide_encoder_batch_size_items",
+            "Texts per encoder micro-batch.",
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.batch_fill_seconds = Histogram(
+            "metaguide_encoder_batch_fill_seconds",
+            "Time the oldest text of a micro-batch waited before the batch was cut.",
+            buckets=_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.encoder_seconds = Histogram(
+            "metaguide_encoder_batch_seconds",
+            "Model time per micro-batch.",
+            buckets=_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.classifications = Counter(
+            "metaguide_classifications_emitted_total",
+            "Classifications written to the output topic.",
+            ["platform"],
+            registry=r,
+        )
+        self.prototype_updates = Counter(
+            "metaguide_prototype_updates_total",
+            "Labelled listings folded into a category prototype.",
+            registry=r,
+        )
+        self.duplicates_skipped = Counter(
+            "metaguide_duplicate_events_skipped_total",
+            "Redelivered events recognised by their event id and not applied again.",
+            ["topic"],
+            registry=r,
+        )
+        self.prototypes = Gauge(
+            "metaguide_category_prototypes", "Category prototypes known to this worker.", registry=r
+        )
+        self.items = Gauge(
+            "metaguide_item_embeddings", "Item embeddings held by this worker's partitions.", registry=r
+        )
+        self.event_latency = Histogram(
+            "metaguide_event_latency_seconds",
+            "From an event's timestamp to its output being sent.",
+            ["topic"],
+            buckets=_SECONDS_BUCKETS,
+            registry=r,
+        )
+
+    def on_batch(self, size: int, fill_s: float, model_s: float) -> None:
+        """Hook for :class:`metaguide.batching.MicroBatcher`."""
+        self.batch_size.observe(size)
+        self.batch_fill_seconds.observe(fill_s)
+        self.encoder_seconds.observe(model_s)
+
+    def dead_letter(self, topic: str, reason: str) -> None:
+        self.events_failed.labels(topic).inc()
+        self.dead_letters.labels(topic, reason).inc()
+
+    def exposition(self) -> bytes:
+        """The text exposition format, as a scrape sees it."""
+        return generate_latest(self.registry)
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> object:
+        """Serve /metrics on its own port; returns the server (``shutdown()`` stops it)."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return server

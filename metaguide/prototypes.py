@@ -1,0 +1,171 @@
+"""Category prototypes: a running sum and count per (platform, category), nearest-prototype scoring.
+
+A prototype is the mean of its labelled embeddings (prototypical networks). Keeping the sum
+and the count makes the update O(d), exact, and mergeable; the mean is derived on read.
+Prototypes live in the encoder's base space, so an adapter swap never rebuilds them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Prototype", "CategoryPrototypes", "prototype_key", "split_key", "softmax_scores"]
+
+RECENT_IDS = 64
+_SEP = "\x1f"  # ASCII unit separator: cannot appear in a platform id
+
+
+def prototype_key(platform: str, category: str) -> str:
+    """The table key of a (platform, category) prototype."""
+    return f"{platform}{_SEP}{category}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """Inverse of :func:`prototype_key`."""
+    platform, _, category = key.partition(_SEP)
+    return platform, category
+
+
+@dataclass
+class Prototype:
+    """Running sum (float64) and count of the embeddings of one category."""
+
+    sum: np.ndarray
+    count: int
+
+    @classmethod
+    def first(cls, embedding: np.ndarray) -> Prototype:
+        return cls(np.asarray(embedding, dtype=np.float64).copy(), 1)
+
+    def add_one(self, embedding: np.ndarray) -> None:
+        self.sum += embedding
+        self.count += 1
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.sum / self.count
+
+    def to_json(self) -> dict[str, Any]:
+        # float64 -> Python float -> JSON repr round-trips exactly
+        return {"sum": self.sum.tolist(), "count": self.count}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Prototype:
+        return cls(np.asarray(data["sum"], dtype=np.float64), int(data["count"]))
+
+
+def softmax_scores(neg_distances: np.ndarray, temperature: float) -> np.ndarray:
+    """Softmax over negative distances divided by a temperature (stable)."""
+    z = neg_distances / temperature
+    z = z - z.max()
+    e = np.exp(z)
+    return e / e.sum()
+
+
+class CategoryPrototypes:
+    """Prototypes over any mutable mapping of key -> JSON state (a dict, or a Faust table).
+
+    The mapping is the source of truth (so a changelogged table makes it durable); this class
+    keeps a per-platform matrix of means for scoring, refreshed when a count changes.
+    """
+
+    def __init__(
+        self, store: MutableMapping[str, Any] | None = None, *, temperature: float = 0.05
+    ) -> None:
+        self.store: MutableMapping[str, Any] = store if store is not None else {}
+        self.temperature = temperature
+        self._means: dict[str, tuple[list[str], np.ndarray]] = {}
+        self._seen_counts: dict[str, dict[str, int]] = {}
+
+    def update_one(
+        self, platform: str, category: str, embedding: np.ndarray, event_id: str | None = None
+    ) -> int | None:
+        """Add one labelled embedding; returns the new count, or None for a redelivered event.
+
+        The last ``RECENT_IDS`` event ids of each category are kept in its state, so an event
+        redelivered after a crash (at-least-once) is not counted twice.
+        """
+        key = prototype_key(platform, category)
+        state = self.store.get(key)
+        recent: list[str] = [] if state is None else list(state.get("recent", []))
+        if event_id is not None:
+            if event_id in recent:
+                return None
+            recent = (recent + [event_id])[-RECENT_IDS:]
+        if state is None:
+            proto = Prototype.first(embedding)
+        else:
+            proto = Prototype.from_json(state)
+            proto.add_one(np.asarray(embedding, dtype=np.float64))
+        self.store[key] = {**proto.to_json(), "recent": recent}
+        return proto.count
+
+    def get(self, platform: str, category: str) -> Prototype | None:
+        state = self.store.get(prototype_key(platform, category))
+        return None if state is None else Prototype.from_json(state)
+
+    def categories(self, platform: str | None = None) -> dict[str, int]:
+        """Counts by category key (``platform\\x1fcategory``), optionally for one platform."""
+        out = {}
+        for key, state in list(self.store.items()):
+            if platform is None or split_key(key)[0] == platform:
+                out[key] = int(state["count"])
+        return out
+
+    def platform_counts(self) -> dict[str, int]:
+        """Number of categories per platform."""
+        counts: dict[str, int] = {}
+        for key in list(self.store.keys()):
+            p = split_key(key)[0]
+            counts[p] = counts.get(p, 0) + 1
+        return counts
+
+    def _matrix(self, platform: str) -> tuple[list[str], np.ndarray]:
+        counts = {split_key(k)[1]: c for k, c in self.categories(platform).items()}
+        cached = self._means.get(platform)
+        if cached is not None and self._seen_counts.get(platform) == counts:
+            return cached
+        names = sorted(counts)
+        if names:
+            means = np.stack(
+                [Prototype.from_json(self.store[prototype_key(platform, n)]).mean for n in names]
+            ).astype(np.float32)
+        else:
+            means = np.zeros((0, 0), dtype=np.float32)
+        self._means[platform] = (names, means)
+        self._seen_counts[platform] = counts
+        return names, means
+
+    def nearest_many(
+        self, platform: str, embeddings: np.ndarray, k: int = 3
+    ) -> list[list[tuple[str, float]]]:
+        """Top-k (category, probability) for each row of ``embeddings``; [] with no prototypes."""
+        names, means = self._matrix(platform)
+        if not names:
+            return [[] for _ in range(len(embeddings))]
+        x = np.asarray(embeddings, dtype=np.float32)
+        # squared Euclidean distance, as in prototypical networks
+        d2 = (x * x).sum(1, keepdims=True) - 2.0 * x @ means.T + (means * means).sum(1)[None, :]
+        out = []
+        for row in d2:
+            probs = softmax_scores(-row, self.temperature)
+            top = np.argsort(-probs, kind="stable")[:k]
+            out.append([(names[i], float(probs[i])) for i in top])
+        return out
+
+    def nearest_one(self, platform: str, embedding: np.ndarray, k: int = 3) -> list[tuple[str, float]]:
+        return self.nearest_many(platform, np.asarray(embedding)[None, :], k)[0]
+
+    @classmethod
+    def from_examples(
+        cls, examples: Iterable[tuple[str, str, np.ndarray]], *, temperature: float = 0.05
+    ) -> CategoryPrototypes:
+        """Build from (platform, category, embedding) triples, one update each."""
+        protos = cls(temperature=temperature)
+        for platform, category, emb in examples:
+            protos.update_one(platform, category, emb)
+        return protos

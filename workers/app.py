@@ -1,0 +1,371 @@
+"""The Faust app: topics, tables and agents of one metaguide worker.
+
+Listing path (``listings`` topic, keyed by item id):
+  decode + validate (bad -> dead letters) -> micro-batched embedding -> item table
+  -> labelled: ``category-updates`` (keyed by platform/category, so one owner writes each
+     prototype) -> global prototype table, seen by every worker
+  -> unlabelled: nearest prototypes -> ``classifications``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections.abc import Iterator, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import faust
+import numpy as np
+from faust.types import EventT, StreamT
+
+from metaguide.batching import MicroBatcher
+from metaguide.config import Settings
+from metaguide.errors import SchemaViolation
+from metaguide.events import (
+    ListingEvent,
+    check_key,
+    classification_record,
+    dead_letter_record,
+    decode_listing,
+    encode_json,
+)
+from metaguide.metrics import Metrics
+from metaguide.prototypes import CategoryPrototypes, prototype_key
+
+__all__ = ["Embedder", "Worker", "create_worker", "faust_settings"]
+
+log = logging.getLogger("metaguide.worker")
+
+BASE_MODEL_VERSION = "base"
+
+
+class Embedder(Protocol):
+    """What the worker needs of an encoder."""
+
+    model_id: str
+    dim: int
+
+    def embed_many(self, texts: list[str]) -> np.ndarray: ...
+
+
+def faust_settings(settings: Settings) -> dict[str, Any]:
+    """Faust App keyword arguments for the configured broker profile."""
+    conf: dict[str, Any] = {
+        "broker": settings.broker_url,
+        "store": "memory://",
+        "autodiscover": False,
+        "topic_partitions": settings.partitions,
+        "topic_replication_factor": 1,
+        "datadir": settings.state_dir,
+        "processing_guarantee": "at_least_once",
+        "consumer_auto_offset_reset": "earliest",
+        "web_port": settings.web_port,
+        "web_host": settings.web_host,
+        "web_bind": settings.web_host,
+        "canonical_url": f"http://{_public_host(settings.web_host)}:{settings.web_port}",
+    }
+    if settings.broker_profile == "embedded":
+        # Tansu: ListOffsets(latest) is wrong for batched produces, which makes table recovery
+        # stop short; one record per batch keeps it right. Short group timeouts: JoinGroup is
+        # held for about half the session timeout.
+        conf.update(
+            producer_max_batch_size=1,
+            broker_commit_interval=0.5,
+            stream_wait_empty=False,
+            broker_session_timeout=3.0,
+            broker_heartbeat_interval=0.5,
+            broker_rebalance_timeout=3.0,
+        )
+    if settings.security_protocol != "PLAINTEXT":
+        conf["broker_credentials"] = _credentials(settings)
+    return conf
+
+
+def _public_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "") else host
+
+
+def _credentials(settings: Settings) -> Any:
+    import ssl
+
+    context = None
+    if settings.security_protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=settings.ssl_cafile or None)
+    if settings.security_protocol == "SSL":
+        return faust.SSLCredentials(context)
+    mechanism = settings.sasl_mechanism.upper()
+    if mechanism == "PLAIN":
+        return faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.sasl_password.get(),
+            ssl_context=context,
+        )
+    return faust.SASLCredentials(
+        username=settings.sasl_username,
+        password=settings.sasl_password.get(),
+        mechanism=mechanism,
+        ssl_context=context,
+    )
+
+
+def _vector_to_b64(vec: np.ndarray, dtype: type = np.float16) -> str:
+    return base64.b64encode(np.asarray(vec, dtype=dtype).tobytes()).decode("ascii")
+
+
+def vector_from_b64(data: str, dtype: type = np.float16) -> np.ndarray:
+    """Inverse of the encoding used in tables and internal topics."""
+    return np.frombuffer(base64.b64decode(data), dtype=dtype).astype(np.float32)
+
+
+class StrKeys(MutableMapping[str, Any]):
+    """A str-keyed view of a bytes-keyed Faust table (UTF-8)."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def __getitem__(self, key: str) -> Any:
+        return self.table[key.encode()]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.table[key.encode()] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self.table[key.encode()]
+
+    def __iter__(self) -> Iterator[str]:
+        return (k.decode() for k in list(self.table.keys()))
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+
+@dataclass
+class Worker:
+    """One worker's app and the pieces its agents share."""
+
+    settings: Settings
+    app: faust.App
+    encoder: Embedder
+    batcher: MicroBatcher
+    metrics: Metrics
+    prototypes: CategoryPrototypes
+    items: Any
+    topics: dict[str, Any]
+    model_version: str = BASE_MODEL_VERSION
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _metadata_ready: bool = False
+
+    async def ensure_changelog_metadata(self) -> None:
+        """Make the producer learn the changelog topics' partitions before a table write.
+
+        Tables with ``use_partitioner=True`` hash the key with the producer's metadata, which
+        aiokafka only has for topics it was asked about; without this the first write fails.
+        """
+        if self._metadata_ready:
+            return
+        producer = self.app.producer._ensure_producer()
+        for table in self.app.tables.values():
+            await producer.partitions_for(table.changelog_topic.get_topic_name())
+        self._metadata_ready = True
+
+    async def dead_letter(self, message: Any, reason: str, detail: str) -> None:
+        """Send an event that cannot be processed to the dead-letter topic, with its reason."""
+        record = dead_letter_record(
+            source_topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            key=message.key,
+            value=message.value,
+            reason=reason,
+            detail=detail,
+        )
+        self.metrics.dead_letter(message.topic, reason)
+        log.warning(
+            "dead letter from %s[%s]@%s: %s: %s",
+            message.topic,
+            message.partition,
+            message.offset,
+            reason,
+            detail[:200],
+        )
+        await self.topics["dead_letters"].send(
+            key=message.topic.encode(), value=encode_json(record)
+        )
+
+    async def handle_listing(self, listing: ListingEvent, message: Any) -> None:
+        """Embed one valid listing, store it, then learn from it or classify it."""
+        try:
+            vector = await self.batcher.embed_one(listing.text)
+        except Exception as exc:  # the encoder failed for this batch: this event is not lost
+            await self.dead_letter(message, "encoder_error", f"{type(exc).__name__}: {exc}")
+            return
+        await self.ensure_changelog_metadata()
+        self.items[listing.item_id.encode()] = {
+            "platform": listing.platform,
+            "category": listing.category,
+            "emb": _vector_to_b64(vector),
+            "ts": listing.ts,
+        }
+        if listing.category is not None:
+            key = prototype_key(listing.platform, listing.category)
+            await self.topics["category_updates"].send(
+                key=key.encode(),
+                value=encode_json(
+                    {
+                        "event_id": listing.event_id,
+                        "platform": listing.platform,
+                        "category": listing.category,
+                        "emb": _vector_to_b64(vector, np.float32),
+                    }
+                ),
+            )
+            return
+        top_k = self.prototypes.nearest_one(listing.platform, vector, self.settings.top_k)
+        record = classification_record(listing, top_k, self.model_version)
+        await self.topics["classifications"].send(
+            key=listing.item_id.encode(), value=encode_json(record)
+        )
+        self.metrics.classifications.labels(listing.platform).inc()
+        self.metrics.event_latency.labels(message.topic).observe(max(0.0, time.time() - listing.ts))
+
+    def apply_category_update(self, raw: bytes) -> None:
+        """Fold one labelled embedding into its prototype (idempotent by event id)."""
+        import json
+
+        update = json.loads(raw)
+        count = self.prototypes.update_one(
+            update["platform"],
+            update["category"],
+            vector_from_b64(update["emb"], np.float32),
+            event_id=update["event_id"],
+        )
+        if count is None:
+            self.metrics.duplicates_skipped.labels(self.topics["category_updates"].get_topic_name()).inc()
+        else:
+            self.metrics.prototype_updates.inc()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await self.batcher.close()
+
+
+def create_worker(
+    settings: Settings,
+    *,
+    encoder: Embedder | None = None,
+    metrics: Metrics | None = None,
+) -> Worker:
+    """Build a worker: a fresh Faust app with its topics, tables and agents."""
+    if encoder is None:
+        from metaguide.encoder import TransformerEncoder
+
+        encoder = TransformerEncoder(settings.model, device=settings.device, max_length=settings.max_length)
+    metrics = metrics or Metrics()
+    app = faust.App(settings.app_id, **faust_settings(settings))
+
+    def raw_topic(name: str, **kwargs: Any) -> Any:
+        return app.topic(
+            settings.topic(name),
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=settings.partitions,
+            **kwargs,
+        )
+
+    topics = {
+        "listings": raw_topic("listings"),
+        "classifications": raw_topic("classifications"),
+        "dead_letters": raw_topic("dead-letters"),
+        "category_updates": raw_topic("category-updates", internal=True),
+    }
+    # bytes keys use the raw serializer, the same as the topics: the partitioner then hashes
+    # the same bytes for a table key and for the message key (str keys would be JSON-encoded)
+    items = app.Table(
+        "items",
+        key_type=bytes,
+        value_type=None,
+        partitions=settings.partitions,
+        # written from the task that finishes the listing, keyed like the listings topic
+        use_partitioner=True,
+        help="item_id -> base embedding (fp16, base64), platform, category",
+    )
+    proto_table = app.GlobalTable(
+        "category-prototypes",
+        key_type=bytes,
+        value_type=None,
+        # one partition, applied one record at a time: every worker sees every prototype
+        # (ENVIRONMENT.md: with the default buffer of 1000, standbys lag far behind)
+        partitions=1,
+        recovery_buffer_size=1,
+        use_partitioner=True,
+        help="platform/category -> running sum and count of base embeddings",
+    )
+    batcher = MicroBatcher(
+        encoder.embed_many,
+        max_batch_size=settings.max_batch_size,
+        max_latency_s=settings.max_latency_s,
+        on_batch=metrics.on_batch,
+    )
+    worker = Worker(
+        settings=settings,
+        app=app,
+        encoder=encoder,
+        batcher=batcher,
+        metrics=metrics,
+        prototypes=CategoryPrototypes(StrKeys(proto_table), temperature=settings.temperature),
+        items=items,
+        topics=topics,
+    )
+    listings_name = settings.topic("listings")
+    in_flight = asyncio.Semaphore(settings.max_in_flight)
+
+    @app.agent(topics["listings"], name="listings")
+    async def listings_agent(stream: StreamT) -> None:
+        manual = stream.noack()
+        async for event in manual.events():
+            worker.metrics.events_consumed.labels(listings_name).inc()
+            await in_flight.acquire()
+            task = asyncio.ensure_future(_process_listing(worker, manual, event))
+            worker._tasks.add(task)
+            task.add_done_callback(lambda t: (worker._tasks.discard(t), in_flight.release()))
+
+    @app.agent(topics["category_updates"], name="category-updates")
+    async def category_updates_agent(stream: StreamT) -> None:
+        async for event in stream.events():
+            await worker.ensure_changelog_metadata()
+            try:
+                worker.apply_category_update(event.value)
+            except Exception as exc:
+                await worker.dead_letter(event.message, "bad_category_update", repr(exc))
+
+    @app.timer(interval=2.0)
+    async def refresh_gauges() -> None:
+        worker.metrics.prototypes.set(len(proto_table))
+        worker.metrics.items.set(len(items))
+
+    return worker
+
+
+async def _process_listing(worker: Worker, stream: StreamT, event: EventT) -> None:
+    """Decode, handle and ack one listing; every failure ends on the dead-letter topic."""
+    message = event.message
+    try:
+        listing = decode_listing(message.value)
+        check_key(message.key, listing.item_id, "item_id")
+    except SchemaViolation as exc:
+        await worker.dead_letter(message, exc.reason, exc.detail)
+    else:
+        try:
+            await worker.handle_listing(listing, message)
+        except asyncio.CancelledError:
+            raise  # shutting down: not acked, so it is redelivered after the restart
+        except Exception as exc:
+            log.exception("listing at %s[%s]@%s failed", message.topic, message.partition, message.offset)
+            await worker.dead_letter(message, "processing_error", f"{type(exc).__name__}: {exc}")
+    await stream.ack(event)
