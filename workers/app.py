@@ -152,25 +152,11 @@ class Worker:
     batcher: MicroBatcher
     metrics: Metrics
     prototypes: CategoryPrototypes
+    prototype_owner: CategoryPrototypes
     items: Any
     topics: dict[str, Any]
     model_version: str = BASE_MODEL_VERSION
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    _metadata_ready: bool = False
-
-    async def ensure_changelog_metadata(self) -> None:
-        """Make the producer learn the changelog topics' partitions before a table write.
-
-        Tables with ``use_partitioner=True`` hash the key with the producer's metadata, which
-        aiokafka only has for topics it was asked about; without this the first write fails.
-        """
-        if self._metadata_ready:
-            return
-        producer = self.app.producer._ensure_producer()
-        for table in self.app.tables.values():
-            await producer.partitions_for(table.changelog_topic.get_topic_name())
-        self._metadata_ready = True
-
     async def dead_letter(self, message: Any, reason: str, detail: str) -> None:
         """Send an event that cannot be processed to the dead-letter topic, with its reason."""
         record = dead_letter_record(
@@ -202,7 +188,8 @@ class Worker:
         except Exception as exc:  # the encoder failed for this batch: this event is not lost
             await self.dead_letter(message, "encoder_error", f"{type(exc).__name__}: {exc}")
             return
-        await self.ensure_changelog_metadata()
+        # the changelog partition comes from the current event (a context variable copied into
+        # this task when the agent created it): the listing's partition, as the key is the same
         self.items[listing.item_id.encode()] = {
             "platform": listing.platform,
             "category": listing.category,
@@ -236,16 +223,47 @@ class Worker:
         import json
 
         update = json.loads(raw)
-        count = self.prototypes.update_one(
+        count = self.prototype_owner.update_one(
             update["platform"],
             update["category"],
             vector_from_b64(update["emb"], np.float32),
             event_id=update["event_id"],
         )
+        if count is not None:
+            key = prototype_key(update["platform"], update["category"])
+            # publish the owner's state to the global replica that every worker reads
+            self.prototypes.store[key] = self.prototype_owner.store[key]
         if count is None:
             self.metrics.duplicates_skipped.labels(self.topics["category_updates"].get_topic_name()).inc()
         else:
             self.metrics.prototype_updates.inc()
+
+    def is_ready(self) -> bool:
+        """Partitions assigned, tables recovered: the worker serves what it owns."""
+        app = self.app
+        try:
+            assigned = bool(app.consumer.assignment())
+        except Exception:  # consumer not started yet
+            return False
+        return assigned and app.tables.recovery.completed.is_set()
+
+    async def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Wait (polling the condition) until :meth:`is_ready`, or raise TimeoutError."""
+        deadline = time.monotonic() + timeout_s
+        while not self.is_ready():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"worker {self.settings.app_id} not ready after {timeout_s}s")
+            await asyncio.sleep(0.05)
+
+    async def start(self) -> None:
+        """Start the app in this event loop (tests, demo) and wait until it is ready."""
+        await self.app.start()
+        await self.wait_ready()
+
+    async def stop(self) -> None:
+        """Stop the app and the batcher."""
+        await self.app.stop()
+        await self.close()
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -291,19 +309,29 @@ def create_worker(
         key_type=bytes,
         value_type=None,
         partitions=settings.partitions,
-        # written from the task that finishes the listing, keyed like the listings topic
-        use_partitioner=True,
         help="item_id -> base embedding (fp16, base64), platform, category",
+    )
+    # The running sums are read-modify-written by the one worker that owns the category's
+    # partition of category-updates. A GlobalTable cannot be that table: each worker also
+    # consumes its own global changelog, and an echo of an older write would overwrite the
+    # local value between two updates (lost updates, seen: 459 of 550). So the owner keeps
+    # the sums in a partitioned table and copies each new state into the global replica.
+    owner_table = app.Table(
+        "category-sums",
+        key_type=bytes,
+        value_type=None,
+        partitions=settings.partitions,
+        help="platform/category -> running sum, count, recent event ids (owner's copy)",
     )
     proto_table = app.GlobalTable(
         "category-prototypes",
         key_type=bytes,
         value_type=None,
-        # one partition, applied one record at a time: every worker sees every prototype
-        # (ENVIRONMENT.md: with the default buffer of 1000, standbys lag far behind)
-        partitions=1,
+        # written in the category-updates agent, so partitioned like that topic; applied one
+        # record at a time (ENVIRONMENT.md: with the default buffer of 1000, standbys lag far
+        # behind). Not use_partitioner: it needs producer metadata that aiokafka drops.
+        partitions=settings.partitions,
         recovery_buffer_size=1,
-        use_partitioner=True,
         help="platform/category -> running sum and count of base embeddings",
     )
     batcher = MicroBatcher(
@@ -319,6 +347,7 @@ def create_worker(
         batcher=batcher,
         metrics=metrics,
         prototypes=CategoryPrototypes(StrKeys(proto_table), temperature=settings.temperature),
+        prototype_owner=CategoryPrototypes(StrKeys(owner_table), temperature=settings.temperature),
         items=items,
         topics=topics,
     )
@@ -338,7 +367,6 @@ def create_worker(
     @app.agent(topics["category_updates"], name="category-updates")
     async def category_updates_agent(stream: StreamT) -> None:
         async for event in stream.events():
-            await worker.ensure_changelog_metadata()
             try:
                 worker.apply_category_update(event.value)
             except Exception as exc:

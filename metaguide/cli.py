@@ -1,0 +1,102 @@
+"""The ``metaguide`` command: worker, demo, replay.
+
+Heavy imports (torch, faust) happen inside the commands, so ``metaguide --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+from metaguide.config import Settings
+
+__all__ = ["main"]
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from workers.run import run_worker
+
+    run_worker(Settings.from_env())
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from metaguide.data import SAMPLE_FILE
+    from metaguide.demo import format_summary, run_demo
+
+    settings = Settings.from_env()
+    data = args.data or SAMPLE_FILE
+    summary = asyncio.run(run_demo(settings, data_path=data, shots=args.shots, max_test=args.max_test))
+    print(format_summary(summary))
+    if args.json:
+        print(json.dumps(summary))
+    return 0 if summary["missing"] == 0 else 1
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from metaguide.data import MYNTRA_FILE, SAMPLE_FILE, few_shot_split, listing_event, load_myntra
+    from metaguide.replay import kafka_client_options, produce_events
+
+    settings = Settings.from_env()
+    if args.dataset == "myntra-sample":
+        path = SAMPLE_FILE
+    else:
+        path = Path(args.data_dir or settings.data_dir) / MYNTRA_FILE
+    listings = load_myntra(path)
+    split = few_shot_split(listings, args.shots, seed=args.seed)
+    events = [listing_event(x, labelled=True) for x in split.labelled]
+    events += [listing_event(x, labelled=False) for x in split.test[: args.max_test]]
+    bootstrap = args.bootstrap or settings.broker_url.removeprefix("kafka://")
+    sent = asyncio.run(
+        produce_events(
+            bootstrap,
+            settings.topic("listings"),
+            events,
+            key_field="item_id",
+            **kafka_client_options(settings),
+        )
+    )
+    print(f"sent {sent} listings ({len(split.labelled)} labelled) to {settings.topic('listings')}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="metaguide", description=__doc__)
+    parser.add_argument("--log-level", default="warning")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("worker", help="run a worker against the configured broker (METAGUIDE_* env)")
+    p.set_defaults(func=_cmd_worker)
+
+    p = sub.add_parser("demo", help="embedded broker + worker + replay of real Myntra listings")
+    p.add_argument("--data", help="a Myntra styles.csv.gz (default: the carried sample)")
+    p.add_argument("--shots", type=int, default=5, help="labelled titles per article type")
+    p.add_argument("--max-test", type=int, default=None, help="cap on unlabelled listings")
+    p.add_argument("--json", action="store_true", help="also print the summary as JSON")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("replay", help="produce a data set's listings to a broker's topics")
+    p.add_argument("dataset", choices=["myntra", "myntra-sample"])
+    p.add_argument("--bootstrap", help="host:port (default: METAGUIDE_BROKER_URL)")
+    p.add_argument("--data-dir", help="folder of the data sets (default: METAGUIDE_DATA_DIR)")
+    p.add_argument("--shots", type=int, default=5)
+    p.add_argument("--max-test", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_replay)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
