@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
@@ -92,10 +93,8 @@ class MicroBatcher:
         """Stop the runner; texts still queued get a CancelledError."""
         if self._runner is not None:
             self._runner.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
-            except asyncio.CancelledError:
-                pass
         while self._queue:
             pending = self._queue.popleft()
             if not pending.future.done():
@@ -118,7 +117,9 @@ class MicroBatcher:
                     await asyncio.wait_for(self._wakeup.wait(), remaining)
                 except TimeoutError:
                     break
-            batch = [self._queue.popleft() for _ in range(min(self.max_batch_size, len(self._queue)))]
+            batch = [
+                self._queue.popleft() for _ in range(min(self.max_batch_size, len(self._queue)))
+            ]
             batch = [p for p in batch if not p.future.cancelled()]
             if not batch:
                 continue
@@ -129,7 +130,9 @@ class MicroBatcher:
                     self._executor, self._embed_many, [p.text for p in batch]
                 )
                 if len(vectors) != len(batch):
-                    raise RuntimeError(f"model returned {len(vectors)} vectors for {len(batch)} texts")
+                    raise RuntimeError(
+                        f"model returned {len(vectors)} vectors for {len(batch)} texts"
+                    )
             except Exception as exc:  # the callers of this batch get the error, the runner goes on
                 for p in batch:
                     if not p.future.done():

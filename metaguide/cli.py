@@ -30,7 +30,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     data = args.data or SAMPLE_FILE
-    summary = asyncio.run(run_demo(settings, data_path=data, shots=args.shots, max_test=args.max_test))
+    summary = asyncio.run(
+        run_demo(settings, data_path=data, shots=args.shots, max_test=args.max_test)
+    )
     print(format_summary(summary))
     if args.json:
         print(json.dumps(summary))
@@ -69,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="warning")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("worker", help="run a worker against the configured broker (METAGUIDE_* env)")
+    p = sub.add_parser(
+        "worker", help="run a worker against the configured broker (METAGUIDE_* env)"
+    )
     p.set_defaults(func=_cmd_worker)
 
     p = sub.add_parser("demo", help="embedded broker + worker + replay of real Myntra listings")

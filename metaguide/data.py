@@ -57,9 +57,7 @@ def load_myntra(path: str | Path = SAMPLE_FILE, platform: str = "myntra") -> lis
         category = (row.get("articleType") or "").strip()
         if not title or not category:
             continue
-        attributes = {
-            k: row[k] for k in ("gender", "baseColour", "season", "usage") if row.get(k)
-        }
+        attributes = {k: row[k] for k in ("gender", "baseColour", "season", "usage") if row.get(k)}
         out.append(Listing(platform, row["id"], title, category, attributes))
     return out
 

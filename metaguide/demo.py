@@ -140,8 +140,10 @@ def format_summary(s: dict[str, Any]) -> str:
         [
             "metaguide demo: few-shot classification of Myntra listings",
             f"  data                 {s['data']}",
-            f"  categories           {s['categories']} article types, {s['shots']} labelled titles each",
-            f"  events processed     {s['labelled_events']} labelled + {s['test_events']} unlabelled",
+            f"  categories           {s['categories']} article types,"
+            f" {s['shots']} labelled titles each",
+            f"  events processed     {s['labelled_events']} labelled"
+            f" + {s['test_events']} unlabelled",
             f"  classifications      {s['classifications']} ({s['missing']} missing)",
             f"  accuracy             top-1 {s['accuracy_top1']:.3f}, top-3 {s['accuracy_top3']:.3f}"
             " (test titles never labelled)",

@@ -82,11 +82,15 @@ def _load_object(raw: bytes | str | None) -> dict[str, Any]:
     except (UnicodeDecodeError, ValueError) as exc:
         raise SchemaViolation("invalid_json", f"value is not valid UTF-8 JSON: {exc}") from None
     if not isinstance(obj, dict):
-        raise SchemaViolation("wrong_type", f"value must be a JSON object, got {type(obj).__name__}")
+        raise SchemaViolation(
+            "wrong_type", f"value must be a JSON object, got {type(obj).__name__}"
+        )
     return obj
 
 
-def _check_fields(obj: dict[str, Any], required: tuple[str, ...], optional: tuple[str, ...]) -> None:
+def _check_fields(
+    obj: dict[str, Any], required: tuple[str, ...], optional: tuple[str, ...]
+) -> None:
     for name in required:
         if name not in obj:
             raise SchemaViolation("missing_field", f"required field {name!r} is missing")
@@ -127,7 +131,8 @@ def _timestamp(obj: dict[str, Any]) -> float:
     ts = _number(obj, "ts")
     if not TS_MIN <= ts <= TS_MAX:
         raise SchemaViolation(
-            "out_of_range", f"field 'ts' is {ts!r}, expected Unix seconds in [{TS_MIN:.0f}, {TS_MAX:.0f}]"
+            "out_of_range",
+            f"field 'ts' is {ts!r}, expected Unix seconds in [{TS_MIN:.0f}, {TS_MAX:.0f}]",
         )
     return ts
 
@@ -170,7 +175,8 @@ def decode_listing(raw: bytes | str | None) -> ListingEvent:
         for key, value in attributes.items():
             if not isinstance(value, str):
                 raise SchemaViolation(
-                    "wrong_type", f"attribute {key[:40]!r} must be a string, got {type(value).__name__}"
+                    "wrong_type",
+                    f"attribute {key[:40]!r} must be a string, got {type(value).__name__}",
                 )
             if len(value) > MAX_ATTRIBUTE_CHARS:
                 raise SchemaViolation("too_long", f"attribute {key[:40]!r} is too long")

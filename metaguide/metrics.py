@@ -28,7 +28,10 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.events_consumed = Counter(
-            "metaguide_events_consumed_total", "Events read from an input topic.", ["topic"], registry=r
+            "metaguide_events_consumed_total",
+            "Events read from an input topic.",
+            ["topic"],
+            registry=r,
         )
         self.events_failed = Counter(
             "metaguide_events_failed_total",
@@ -81,7 +84,9 @@ class Metrics:
             "metaguide_category_prototypes", "Category prototypes known to this worker.", registry=r
         )
         self.items = Gauge(
-            "metaguide_item_embeddings", "Item embeddings held by this worker's partitions.", registry=r
+            "metaguide_item_embeddings",
+            "Item embeddings held by this worker's partitions.",
+            registry=r,
         )
         self.event_latency = Histogram(
             "metaguide_event_latency_seconds",

@@ -157,7 +157,9 @@ class CategoryPrototypes:
             out.append([(names[i], float(probs[i])) for i in top])
         return out
 
-    def nearest_one(self, platform: str, embedding: np.ndarray, k: int = 3) -> list[tuple[str, float]]:
+    def nearest_one(
+        self, platform: str, embedding: np.ndarray, k: int = 3
+    ) -> list[tuple[str, float]]:
         return self.nearest_many(platform, np.asarray(embedding)[None, :], k)[0]
 
     @classmethod

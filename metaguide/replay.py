@@ -47,7 +47,9 @@ async def produce_events(
         pending = []
         for event in events:
             pending.append(
-                await producer.send(topic, key=str(event[key_field]).encode(), value=encode_json(event))
+                await producer.send(
+                    topic, key=str(event[key_field]).encode(), value=encode_json(event)
+                )
             )
             sent += 1
             if len(pending) >= 1000:

@@ -9,7 +9,8 @@ from collections import defaultdict
 SOURCE = sys.argv[1] if len(sys.argv) > 1 else "../shared/data/myntra_styles.csv.gz"
 TARGET = "metaguide/samples/myntra_sample.csv.gz"
 
-rows = list(csv.DictReader(gzip.open(SOURCE, "rt", encoding="utf-8")))
+with gzip.open(SOURCE, "rt", encoding="utf-8") as source:
+    rows = list(csv.DictReader(source))
 by_type: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)
 for row in rows:
     title = (row["productDisplayName"] or "").strip()

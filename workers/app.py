@@ -157,6 +157,7 @@ class Worker:
     topics: dict[str, Any]
     model_version: str = BASE_MODEL_VERSION
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
     async def dead_letter(self, message: Any, reason: str, detail: str) -> None:
         """Send an event that cannot be processed to the dead-letter topic, with its reason."""
         record = dead_letter_record(
@@ -234,7 +235,9 @@ class Worker:
             # publish the owner's state to the global replica that every worker reads
             self.prototypes.store[key] = self.prototype_owner.store[key]
         if count is None:
-            self.metrics.duplicates_skipped.labels(self.topics["category_updates"].get_topic_name()).inc()
+            self.metrics.duplicates_skipped.labels(
+                self.topics["category_updates"].get_topic_name()
+            ).inc()
         else:
             self.metrics.prototype_updates.inc()
 
@@ -245,7 +248,7 @@ class Worker:
             assigned = bool(app.consumer.assignment())
         except Exception:  # consumer not started yet
             return False
-        return assigned and app.tables.recovery.completed.is_set()
+        return assigned and app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]
 
     async def wait_ready(self, timeout_s: float = 60.0) -> None:
         """Wait (polling the condition) until :meth:`is_ready`, or raise TimeoutError."""
@@ -289,7 +292,9 @@ def create_worker(
     if encoder is None:
         from metaguide.encoder import TransformerEncoder
 
-        encoder = TransformerEncoder(settings.model, device=settings.device, max_length=settings.max_length)
+        encoder = TransformerEncoder(
+            settings.model, device=settings.device, max_length=settings.max_length
+        )
     metrics = metrics or Metrics()
     app = faust.App(settings.app_id, **faust_settings(settings))
 
@@ -362,15 +367,19 @@ def create_worker(
     listings_name = settings.topic("listings")
     in_flight = asyncio.Semaphore(settings.max_in_flight)
 
+    def _finished(task: asyncio.Task[None]) -> None:
+        worker._tasks.discard(task)
+        in_flight.release()
+
     @app.agent(topics["listings"], name="listings")
     async def listings_agent(stream: StreamT) -> None:
-        manual = stream.noack()
+        manual = stream.noack()  # type: ignore[attr-defined]
         async for event in manual.events():
             worker.metrics.events_consumed.labels(listings_name).inc()
             await in_flight.acquire()
             task = asyncio.ensure_future(_process_listing(worker, manual, event))
             worker._tasks.add(task)
-            task.add_done_callback(lambda t: (worker._tasks.discard(t), in_flight.release()))
+            task.add_done_callback(_finished)
 
     @app.agent(topics["category_updates"], name="category-updates")
     async def category_updates_agent(stream: StreamT) -> None:
@@ -387,7 +396,7 @@ def create_worker(
         # pick their partition without asking, so the changelog topics drop out of the
         # metadata and their pending batches wait forever (seen: a stop hung on the final
         # flush). Tracking every topic the worker writes keeps them in.
-        client = app.producer._ensure_producer().client
+        client = app.producer._ensure_producer().client  # type: ignore[attr-defined]
         names = [t.get_topic_name() for t in topics.values()]
         names += [table.changelog_topic.get_topic_name() for table in app.tables.values()]
         for name in names:
@@ -415,6 +424,8 @@ async def _process_listing(worker: Worker, stream: StreamT, event: EventT) -> No
         except asyncio.CancelledError:
             raise  # shutting down: not acked, so it is redelivered after the restart
         except Exception as exc:
-            log.exception("listing at %s[%s]@%s failed", message.topic, message.partition, message.offset)
+            log.exception(
+                "listing at %s[%s]@%s failed", message.topic, message.partition, message.offset
+            )
             await worker.dead_letter(message, "processing_error", f"{type(exc).__name__}: {exc}")
     await stream.ack(event)

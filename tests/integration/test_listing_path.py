@@ -1,0 +1,185 @@
+"""The listing path end to end: embedded broker over a socket, real encoder, real Myntra data."""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Any
+
+import jsonschema
+import numpy as np
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from metaguide.data import few_shot_split, listing_event, load_myntra
+from metaguide.events import encode_json
+from metaguide.replay import produce_events
+from tests.conftest import load_schema, read_topic, wait_until
+
+pytestmark = pytest.mark.integration
+
+KNOWN = ["Watches", "Sunglasses", "Tshirts", "Socks", "Handbags", "Casual Shoes"]
+NEW = "Ties"
+
+
+def _split(categories: list[str], shots: int = 5, test_per_category: int = 4) -> Any:
+    listings = [x for x in load_myntra() if x.category in categories]
+    return few_shot_split(listings, shots, seed=1, max_test_per_category=test_per_category)
+
+
+async def _send(broker: Any, settings: Any, events: list[dict[str, Any]]) -> None:
+    await produce_events(broker.bootstrap, settings.topic("listings"), events, key_field="item_id")
+
+
+async def _labelled(broker: Any, settings: Any, worker: Any, split: Any) -> None:
+    await _send(broker, settings, [listing_event(x, labelled=True) for x in split.labelled])
+    await wait_until(
+        lambda: sum(worker.prototypes.categories().values()) == len(split.labelled),
+        60,
+        "labelled listings folded into prototypes",
+    )
+
+
+async def test_labelled_then_unlabelled_listings_are_classified(
+    broker: Any, worker_settings: Any, start_worker: Any
+) -> None:
+    settings = worker_settings()
+    worker = await start_worker(settings)
+    split = _split(KNOWN)
+    await _labelled(broker, settings, worker, split)
+    await _send(broker, settings, [listing_event(x, labelled=False) for x in split.test])
+    out = await read_topic(broker.bootstrap, settings.topic("classifications"), len(split.test))
+    truth = {x.item_id: x.category for x in split.test}
+    schema = load_schema("classification")
+    for record in out:
+        jsonschema.validate(record, schema)
+        assert record["model_version"] == "base"
+    assert {r["item_id"] for r in out} == set(truth)
+    correct = sum(r["top_k"][0]["category"] == truth[r["item_id"]] for r in out)
+    assert correct / len(out) >= 0.8, [
+        (r["top_k"][0]["category"], truth[r["item_id"]]) for r in out
+    ]
+
+
+async def test_a_category_first_seen_mid_stream_is_predicted_next(
+    broker: Any, worker_settings: Any, start_worker: Any
+) -> None:
+    settings = worker_settings()
+    worker = await start_worker(settings)
+    await _labelled(broker, settings, worker, _split(KNOWN))
+    new = _split([NEW], shots=3, test_per_category=5)
+    await _send(broker, settings, [listing_event(x, labelled=True) for x in new.labelled])
+    await wait_until(
+        lambda: (
+            worker.prototypes.get("myntra", NEW) is not None
+            and worker.prototypes.get("myntra", NEW).count == 3
+        ),
+        60,
+        "the new category's prototype",
+    )
+    await _send(broker, settings, [listing_event(x, labelled=False) for x in new.test])
+    out = await read_topic(broker.bootstrap, settings.topic("classifications"), len(new.test))
+    predicted = [r["top_k"][0]["category"] for r in out]
+    assert predicted.count(NEW) >= len(new.test) - 1, predicted
+
+
+async def test_a_malformed_event_goes_to_dead_letters_and_the_stream_goes_on(
+    broker: Any, worker_settings: Any, start_worker: Any
+) -> None:
+    settings = worker_settings()
+    worker = await start_worker(settings)
+    split = _split(KNOWN[:3], test_per_category=2)
+    await _labelled(broker, settings, worker, split)
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+    await producer.start()
+    try:
+        topic = settings.topic("listings")
+        await producer.send_and_wait(topic, key=b"bad-1", value=b'{"event_id": "x", "title": ')
+        bad = {**listing_event(split.test[0], labelled=False), "price": -3}
+        await producer.send_and_wait(topic, key=bad["item_id"].encode(), value=encode_json(bad))
+        for x in split.test[1:]:
+            event = listing_event(x, labelled=False)
+            await producer.send_and_wait(topic, key=x.item_id.encode(), value=encode_json(event))
+    finally:
+        await producer.stop()
+    letters = await read_topic(broker.bootstrap, settings.topic("dead-letters"), 2)
+    by_reason = {d["reason"]: d for d in letters}
+    assert set(by_reason) == {"invalid_json", "out_of_range"}
+    assert by_reason["invalid_json"]["source_topic"] == topic
+    assert by_reason["invalid_json"]["offset"] >= 0
+    import base64
+
+    assert (
+        base64.b64decode(by_reason["invalid_json"]["value_b64"]) == b'{"event_id": "x", "title": '
+    )
+    assert "price" in by_reason["out_of_range"]["detail"]
+    for letter in letters:
+        jsonschema.validate(letter, load_schema("dead_letter"))
+    out = await read_topic(broker.bootstrap, settings.topic("classifications"), len(split.test) - 1)
+    assert {r["item_id"] for r in out} == {x.item_id for x in split.test[1:]}
+
+
+def _snapshot(worker: Any) -> dict[str, tuple[int, np.ndarray]]:
+    out = {}
+    for key in worker.prototypes.categories():
+        platform, category = key.split("\x1f")
+        proto = worker.prototypes.get(platform, category)
+        out[key] = (proto.count, proto.sum.copy())
+    return out
+
+
+async def test_tables_are_recovered_after_a_restart(
+    broker: Any, worker_settings: Any, start_worker: Any
+) -> None:
+    settings = worker_settings()
+    worker = await start_worker(settings)
+    split = _split(KNOWN)
+    await _labelled(broker, settings, worker, split)
+    # let the last offsets be committed (commit interval 0.5 s) before stopping
+    await wait_until(lambda: _committed_all(worker), 30, "offsets committed")
+    before = _snapshot(worker)
+    items_before = len(worker.items)
+    await worker.stop()
+
+    again = await start_worker(settings)
+    await wait_until(lambda: _snapshot(again).keys() == before.keys(), 30, "prototypes recovered")
+    after = _snapshot(again)
+    for key, (count, total) in before.items():
+        assert after[key][0] == count
+        assert np.array_equal(after[key][1], total), key
+    assert len(again.items) == items_before
+    # recovered from the changelogs, not recomputed: the restarted worker read no listing again
+    consumed = again.metrics.events_consumed.labels(settings.topic("listings"))._value.get()
+    assert consumed == 0
+
+
+def _committed_all(worker: Any) -> bool:
+    """Every listing acked and its offset committed (Faust's own bookkeeping)."""
+    consumer = worker.app.consumer
+    listings = worker.settings.topic("listings")
+    committed = {tp: off for tp, off in consumer._committed_offset.items() if tp.topic == listings}
+    return bool(committed) and not consumer._unacked_messages
+
+
+async def test_promtool_accepts_the_metrics_of_a_working_worker(
+    broker: Any, worker_settings: Any, start_worker: Any
+) -> None:
+    settings = worker_settings()
+    worker = await start_worker(settings)
+    split = _split(KNOWN[:2], test_per_category=2)
+    await _labelled(broker, settings, worker, split)
+    await _send(broker, settings, [listing_event(x, labelled=False) for x in split.test])
+    await read_topic(broker.bootstrap, settings.topic("classifications"), len(split.test))
+    server = worker.metrics.serve(settings.metrics_port, "127.0.0.1")
+    try:
+        import urllib.request
+
+        body = urllib.request.urlopen(f"http://127.0.0.1:{settings.metrics_port}/metrics").read()
+    finally:
+        server.shutdown()  # type: ignore[attr-defined]
+    text = body.decode()
+    assert f'metaguide_events_consumed_total{{topic="{settings.topic("listings")}"}}' in text
+    assert "metaguide_encoder_batch_size_items_count" in text
+    check = subprocess.run(
+        ["promtool", "check", "metrics"], input=body, capture_output=True, timeout=30
+    )
+    assert check.returncode == 0, check.stdout + check.stderr

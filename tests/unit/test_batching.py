@@ -1,0 +1,87 @@
+"""The micro-batcher: batch size, latency budget, per-caller results, error routing."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from metaguide.batching import MicroBatcher
+
+
+class RecordingModel:
+    """A stand-in model: each text's vector encodes the text, calls are timed and recorded."""
+
+    def __init__(self, delay_s: float = 0.0, fail_on: str | None = None) -> None:
+        self.delay_s = delay_s
+        self.fail_on = fail_on
+        self.calls: list[tuple[float, list[str]]] = []
+        self.thread_ids: set[int] = set()
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        self.thread_ids.add(threading.get_ident())
+        self.calls.append((time.monotonic(), list(texts)))
+        if self.fail_on is not None and self.fail_on in texts:
+            raise RuntimeError(f"model failed on {self.fail_on}")
+        time.sleep(self.delay_s)
+        return np.array([[float(t.split("-")[-1])] for t in texts], dtype=np.float32)
+
+
+async def test_each_caller_gets_its_own_vector_in_order() -> None:
+    model = RecordingModel()
+    batcher = MicroBatcher(model, max_batch_size=8, max_latency_s=0.01)
+    texts = [f"t-{i}" for i in range(50)]
+    vectors = await batcher.embed_many(texts)
+    assert [float(v[0]) for v in vectors] == list(range(50))
+    await batcher.close()
+
+
+async def test_batches_never_exceed_the_size_and_the_model_runs_off_the_loop() -> None:
+    model = RecordingModel(delay_s=0.005)
+    batcher = MicroBatcher(model, max_batch_size=7, max_latency_s=0.02, keep_sizes=True)
+    await asyncio.gather(*(batcher.embed_one(f"t-{i}") for i in range(100)))
+    assert max(len(texts) for _, texts in model.calls) == 7
+    assert sum(batcher.stats.sizes) == 100
+    assert threading.get_ident() not in model.thread_ids
+    await batcher.close()
+
+
+async def test_no_text_waits_longer_than_the_budget_plus_one_model_call() -> None:
+    delay_s, budget_s = 0.05, 0.03
+    model = RecordingModel(delay_s=delay_s)
+    batcher = MicroBatcher(model, max_batch_size=1000, max_latency_s=budget_s)
+    waits: list[float] = []
+
+    async def one(i: int) -> None:
+        await asyncio.sleep(i * 0.004)  # arrivals spread over time, not a burst
+        t0 = time.monotonic()
+        await batcher.embed_one(f"t-{i}")
+        waits.append(time.monotonic() - t0)
+
+    await asyncio.gather(*(one(i) for i in range(60)))
+    slack = 0.03  # scheduling on a loaded 2-core machine
+    # queued wait <= budget + one model call in progress; plus its own model call
+    assert max(waits) <= budget_s + 2 * delay_s + slack, max(waits)
+    assert len(model.calls) > 1  # the budget, not the size, cut the batches
+    await batcher.close()
+
+
+async def test_a_model_error_reaches_exactly_the_callers_of_that_batch() -> None:
+    model = RecordingModel(fail_on="t-3")
+    batcher = MicroBatcher(model, max_batch_size=4, max_latency_s=1.0)
+    results = await asyncio.gather(
+        *(batcher.embed_one(f"t-{i}") for i in range(8)), return_exceptions=True
+    )
+    assert all(isinstance(r, RuntimeError) for r in results[:4])
+    assert [float(r[0]) for r in results[4:]] == [4.0, 5.0, 6.0, 7.0]  # type: ignore[index]
+    # and the batcher keeps serving
+    assert float((await batcher.embed_one("t-9"))[0]) == 9.0
+    await batcher.close()
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="max_batch_size"):
+        MicroBatcher(RecordingModel(), max_batch_size=0)

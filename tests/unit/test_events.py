@@ -1,0 +1,142 @@
+"""Decoders: specific reasons for bad input, and agreement with the JSON Schemas."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jsonschema
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from metaguide.errors import SchemaViolation
+from metaguide.events import (
+    check_key,
+    classification_record,
+    dead_letter_record,
+    decode_click,
+    decode_listing,
+)
+from tests.conftest import load_schema
+
+LISTING = {
+    "event_id": "e1",
+    "platform": "myntra",
+    "item_id": "15970",
+    "title": "Turtle Check Men Navy Blue Shirt",
+    "ts": 1767225600.0,
+}
+CLICK = {
+    "event_id": "c1",
+    "platform": "myntra",
+    "user_id": "u1",
+    "item_id": "15970",
+    "action": "purchase",
+    "ts": 1767225600.0,
+}
+
+
+def test_valid_listing_decodes() -> None:
+    event = decode_listing(json.dumps({**LISTING, "category": "Shirts", "price": 9.5}).encode())
+    assert event.category == "Shirts"
+    assert event.price == 9.5
+    assert event.text == LISTING["title"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"{not json", "invalid_json"),
+        (b"\xff\xfe", "invalid_json"),
+        (b"[1, 2]", "wrong_type"),
+        (None, "empty_value"),
+        (json.dumps({k: v for k, v in LISTING.items() if k != "title"}), "missing_field"),
+        (json.dumps({**LISTING, "colour": "red"}), "unknown_field"),
+        (json.dumps({**LISTING, "title": 42}), "wrong_type"),
+        (json.dumps({**LISTING, "title": ""}), "empty_field"),
+        (json.dumps({**LISTING, "title": "x" * 2001}), "too_long"),
+        (json.dumps({**LISTING, "price": -1}), "out_of_range"),
+        ('{"event_id":"e","platform":"p","item_id":"i","title":"t","ts":NaN}', "out_of_range"),
+        (json.dumps({**LISTING, "ts": 12}), "out_of_range"),
+        (json.dumps({**LISTING, "ts": True}), "wrong_type"),
+        (json.dumps({**LISTING, "platform": "my shop"}), "bad_identifier"),
+        (json.dumps({**LISTING, "schema": "listing.v2"}), "wrong_schema"),
+    ],
+)
+def test_bad_listing_gets_a_specific_reason(raw: Any, reason: str) -> None:
+    with pytest.raises(SchemaViolation) as info:
+        decode_listing(raw)
+    assert info.value.reason == reason
+    assert info.value.detail
+
+
+def test_click_rejects_unknown_action() -> None:
+    with pytest.raises(SchemaViolation) as info:
+        decode_click(json.dumps({**CLICK, "action": "like"}))
+    assert info.value.reason == "unknown_action"
+    assert decode_click(json.dumps(CLICK)).action == "purchase"
+
+
+def test_key_must_match_payload() -> None:
+    check_key(b"15970", "15970", "item_id")
+    with pytest.raises(SchemaViolation) as info:
+        check_key(b"other", "15970", "item_id")
+    assert info.value.reason == "key_mismatch"
+
+
+def test_outputs_match_their_schemas() -> None:
+    listing = decode_listing(json.dumps(LISTING))
+    record = classification_record(listing, [("Shirts", 0.9), ("Tshirts", 0.1)], "base")
+    jsonschema.validate(record, load_schema("classification"))
+    letter = dead_letter_record(
+        source_topic="t", partition=0, offset=3, key=b"k", value=b"\x00", reason="x", detail="y"
+    )
+    jsonschema.validate(letter, load_schema("dead_letter"))
+
+
+_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**40), 2**40),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=30),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=2),
+)
+
+
+def _mutations(base: dict[str, Any], optional: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
+    fields = list(base) + list(optional) + ["extra"]
+    return st.dictionaries(st.sampled_from(fields), _values, max_size=4).flatmap(
+        lambda changes: st.sets(st.sampled_from(list(base)), max_size=2).map(
+            lambda dropped: {
+                **{k: v for k, v in base.items() if k not in dropped},
+                **changes,
+            }
+        )
+    )
+
+
+@settings(max_examples=400, deadline=None)
+@given(_mutations(LISTING, {"category": "c", "price": 1.0, "description": "", "attributes": {}}))
+def test_listing_decoder_agrees_with_schema(event: dict[str, Any]) -> None:
+    schema_ok = jsonschema.Draft202012Validator(load_schema("listing")).is_valid(event)
+    try:
+        decode_listing(json.dumps(event))
+        decoder_ok = True
+    except SchemaViolation:
+        decoder_ok = False
+    assert decoder_ok == schema_ok, event
+
+
+@settings(max_examples=300, deadline=None)
+@given(_mutations(CLICK, {}))
+def test_click_decoder_agrees_with_schema(event: dict[str, Any]) -> None:
+    schema_ok = jsonschema.Draft202012Validator(load_schema("click")).is_valid(event)
+    try:
+        decode_click(json.dumps(event))
+        decoder_ok = True
+    except SchemaViolation:
+        decoder_ok = False
+    assert decoder_ok == schema_ok, event
