@@ -1,0 +1,152 @@
+"""Listing-path throughput against the raw encoder, measured in one run on the same texts.
+
+    python bench/encoder.py [--n 1500] [--batch-size 32] [--json]
+
+1. raw: the encoder alone, ``embed_many`` over the texts in batches of --batch-size;
+2. batcher: the same texts through the micro-batcher (all callers at once);
+3. pipeline: the same texts as unlabelled Myntra listings through a worker on the embedded
+   broker (validate, embed, item table write, classify, produce), timed from the first send
+   to the last classification's timestamp;
+4. raw again, so drift on a shared machine shows; the baseline is the mean of both raw runs.
+
+The last line printed is JSON with raw_items_per_s, pipeline_items_per_s and ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from metaguide.batching import MicroBatcher  # noqa: E402
+from metaguide.broker import EmbeddedBroker, free_port  # noqa: E402
+from metaguide.config import Settings  # noqa: E402
+from metaguide.data import few_shot_split, listing_event, load_myntra  # noqa: E402
+from metaguide.encoder import TransformerEncoder  # noqa: E402
+from metaguide.replay import produce_events  # noqa: E402
+
+
+def bench_raw(encoder: TransformerEncoder, texts: list[str], batch_size: int) -> float:
+    t0 = time.perf_counter()
+    for i in range(0, len(texts), batch_size):
+        encoder.embed_many(texts[i : i + batch_size])
+    return len(texts) / (time.perf_counter() - t0)
+
+
+async def bench_batcher(encoder: TransformerEncoder, texts: list[str], batch_size: int) -> float:
+    batcher = MicroBatcher(encoder.embed_many, max_batch_size=batch_size, max_latency_s=0.05)
+    t0 = time.perf_counter()
+    await batcher.embed_many(texts)
+    rate = len(texts) / (time.perf_counter() - t0)
+    await batcher.close()
+    return rate
+
+
+async def bench_pipeline(encoder: TransformerEncoder, n: int, batch_size: int) -> dict[str, Any]:
+    from aiokafka import AIOKafkaConsumer
+
+    from workers.app import create_worker
+
+    split = few_shot_split(load_myntra(), 5, seed=0)
+    test = (split.test * (n // max(len(split.test), 1) + 1))[:n]
+    with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as state_dir:
+        settings = Settings(
+            broker_url=broker.url,
+            broker_profile="embedded",
+            app_id=f"bench-{uuid.uuid4().hex[:6]}",
+            state_dir=state_dir,
+            web_port=free_port(),
+            max_batch_size=batch_size,
+        )
+        worker = create_worker(settings, encoder=encoder)
+        await worker.start()
+        topic = settings.topic("listings")
+        await produce_events(
+            broker.bootstrap,
+            topic,
+            [listing_event(x, labelled=True) for x in split.labelled],
+            key_field="item_id",
+        )
+        deadline = time.monotonic() + 300
+        while sum(worker.prototypes.categories().values()) < len(split.labelled):
+            if time.monotonic() > deadline:
+                raise TimeoutError("labelled phase did not finish")
+            await asyncio.sleep(0.05)
+        consumer = AIOKafkaConsumer(
+            settings.topic("classifications"), bootstrap_servers=broker.bootstrap
+        )
+        await consumer.start()
+        events = []
+        for i, x in enumerate(test):
+            event = listing_event(x, labelled=False)
+            event["item_id"] = event["event_id"] = f"bench-{i}"
+            events.append(event)
+        t0 = time.time()
+        await produce_events(broker.bootstrap, topic, events, key_field="item_id")
+        seen: set[str] = set()
+        last = t0
+        while len(seen) < n and time.monotonic() < deadline:
+            for messages in (await consumer.getmany(timeout_ms=200)).values():
+                for m in messages:
+                    record = json.loads(m.value)
+                    seen.add(record["item_id"])
+                    last = max(last, record["ts"])
+        await consumer.stop()
+        batches = worker.batcher.stats
+        await worker.stop()
+    return {
+        "pipeline_items_per_s": len(seen) / (last - t0),
+        "classified": len(seen),
+        "mean_batch": batches.items / max(batches.batches, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=1500)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--json", action="store_true", help="(the last line is always JSON)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    encoder = TransformerEncoder(device=os.environ.get("METAGUIDE_DEVICE", "auto"))
+    split = few_shot_split(load_myntra(), 5, seed=0)
+    texts = [x.title for x in split.test]
+    texts = (texts * (args.n // len(texts) + 1))[: args.n]
+    encoder.embed_many(texts[:64])  # warm-up
+    raw_before = bench_raw(encoder, texts, args.batch_size)
+    batcher = asyncio.run(bench_batcher(encoder, texts, args.batch_size))
+    pipeline = asyncio.run(bench_pipeline(encoder, args.n, args.batch_size))
+    raw_after = bench_raw(encoder, texts, args.batch_size)
+    raw = (raw_before + raw_after) / 2
+    result = {
+        "device": str(encoder.device),
+        "n": args.n,
+        "batch_size": args.batch_size,
+        "raw_before_items_per_s": round(raw_before, 1),
+        "raw_after_items_per_s": round(raw_after, 1),
+        "raw_items_per_s": round(raw, 1),
+        "batcher_items_per_s": round(batcher, 1),
+        "batcher_ratio": round(batcher / raw, 3),
+        "pipeline_items_per_s": round(pipeline["pipeline_items_per_s"], 1),
+        "pipeline_mean_batch": round(pipeline["mean_batch"], 1),
+        "ratio": round(pipeline["pipeline_items_per_s"] / raw, 3),
+    }
+    out = Path(__file__).resolve().parent / "results" / "encoder.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    for key, value in result.items():
+        print(f"{key:26} {value}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
