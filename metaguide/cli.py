@@ -30,6 +30,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     data = args.data or SAMPLE_FILE
+    # the demo's burst fills Faust's producer buffer on purpose; its warnings would bury the summary
+    logging.getLogger("faust.transport.producer").setLevel(logging.ERROR)
+    logging.getLogger("mode.timers").setLevel(logging.ERROR)
     summary = asyncio.run(
         run_demo(settings, data_path=data, shots=args.shots, max_test=args.max_test)
     )
