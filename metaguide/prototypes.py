@@ -7,6 +7,7 @@ Prototypes live in the encoder's base space, so an adapter swap never rebuilds t
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -74,12 +75,21 @@ class CategoryPrototypes:
     """
 
     def __init__(
-        self, store: MutableMapping[str, Any] | None = None, *, temperature: float = 0.05
+        self,
+        store: MutableMapping[str, Any] | None = None,
+        *,
+        temperature: float = 0.05,
+        refresh_interval_s: float = 0.0,
     ) -> None:
         self.store: MutableMapping[str, Any] = store if store is not None else {}
         self.temperature = temperature
+        # How long a platform's matrix of means may be reused without looking at the store.
+        # 0 = check the counts on every call. A store that changes behind our back (a replica
+        # fed by a changelog) is then seen at most this late; our own writes are seen at once.
+        self.refresh_interval_s = refresh_interval_s
         self._means: dict[str, tuple[list[str], np.ndarray]] = {}
         self._seen_counts: dict[str, dict[str, int]] = {}
+        self._checked_at: dict[str, float] = {}
 
     def update_one(
         self, platform: str, category: str, embedding: np.ndarray, event_id: str | None = None
@@ -102,6 +112,7 @@ class CategoryPrototypes:
             proto = Prototype.from_json(state)
             proto.add_one(np.asarray(embedding, dtype=np.float64))
         self.store[key] = {**proto.to_json(), "recent": recent}
+        self.invalidate()
         return proto.count
 
     def get(self, platform: str, category: str) -> Prototype | None:
@@ -124,9 +135,20 @@ class CategoryPrototypes:
             counts[p] = counts.get(p, 0) + 1
         return counts
 
+    def invalidate(self) -> None:
+        """Forget the cached matrices (after a write to the store)."""
+        self._checked_at.clear()
+
     def _matrix(self, platform: str) -> tuple[list[str], np.ndarray]:
-        counts = {split_key(k)[1]: c for k, c in self.categories(platform).items()}
         cached = self._means.get(platform)
+        now = time.monotonic()
+        if (
+            cached is not None
+            and now - self._checked_at.get(platform, -1e9) < self.refresh_interval_s
+        ):
+            return cached
+        counts = {split_key(k)[1]: c for k, c in self.categories(platform).items()}
+        self._checked_at[platform] = now
         if cached is not None and self._seen_counts.get(platform) == counts:
             return cached
         names = sorted(counts)

@@ -234,6 +234,7 @@ class Worker:
             key = prototype_key(update["platform"], update["category"])
             # publish the owner's state to the global replica that every worker reads
             self.prototypes.store[key] = self.prototype_owner.store[key]
+            self.prototypes.invalidate()
         if count is None:
             self.metrics.duplicates_skipped.labels(
                 self.topics["category_updates"].get_topic_name()
@@ -359,7 +360,9 @@ def create_worker(
         encoder=encoder,
         batcher=batcher,
         metrics=metrics,
-        prototypes=CategoryPrototypes(StrKeys(proto_table), temperature=settings.temperature),
+        prototypes=CategoryPrototypes(
+            StrKeys(proto_table), temperature=settings.temperature, refresh_interval_s=0.2
+        ),
         prototype_owner=CategoryPrototypes(StrKeys(owner_table), temperature=settings.temperature),
         items=items,
         topics=topics,
