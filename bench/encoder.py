@@ -34,6 +34,7 @@ from metaguide.config import Settings  # noqa: E402
 from metaguide.data import few_shot_split, listing_event, load_myntra  # noqa: E402
 from metaguide.encoder import TransformerEncoder  # noqa: E402
 from metaguide.replay import produce_events  # noqa: E402
+from metaguide.waiting import wait_until  # noqa: E402
 
 
 def bench_raw(encoder: TransformerEncoder, texts: list[str], batch_size: int) -> float:
@@ -82,10 +83,13 @@ async def bench_pipeline(encoder: TransformerEncoder, n: int, batch_size: int) -
             [listing_event(x, labelled=True) for x in split.labelled],
             key_field="item_id",
         )
-        await _wait(
-            lambda: sum(learner.prototypes.categories().values()) >= len(split.labelled)
-            and not learner.app.consumer._unacked_messages,
-            "labelled phase",
+        await wait_until(
+            lambda: (
+                sum(learner.prototypes.categories().values()) >= len(split.labelled)
+                and not learner.app.consumer._unacked_messages
+            ),
+            600,
+            "the labelled phase",
         )
         await learner.stop()
         events = []
@@ -98,7 +102,7 @@ async def bench_pipeline(encoder: TransformerEncoder, n: int, batch_size: int) -
         await worker.start()
         t0 = time.perf_counter()
         emitted = worker.metrics.classifications.labels("myntra")
-        await _wait(lambda: emitted._value.get() >= n, "backlog")
+        await wait_until(lambda: emitted._value.get() >= n, 600, "the backlog")
         elapsed = time.perf_counter() - t0
         batches = worker.batcher.stats
         await worker.stop()
@@ -107,14 +111,6 @@ async def bench_pipeline(encoder: TransformerEncoder, n: int, batch_size: int) -
         "classified": int(emitted._value.get()),
         "mean_batch": batches.items / max(batches.batches, 1),
     }
-
-
-async def _wait(predicate: Any, what: str, timeout_s: float = 600) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} did not finish in {timeout_s}s")
-        await asyncio.sleep(0.01)
 
 
 def main() -> None:

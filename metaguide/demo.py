@@ -22,16 +22,9 @@ from metaguide.broker import EmbeddedBroker, free_port
 from metaguide.config import Settings
 from metaguide.data import SAMPLE_FILE, few_shot_split, listing_event, load_myntra
 from metaguide.replay import produce_events
+from metaguide.waiting import wait_until
 
 __all__ = ["run_demo", "format_summary"]
-
-
-async def _wait_for(predicate: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def run_demo(
@@ -79,7 +72,7 @@ async def run_demo(
                 key_field="item_id",
                 producer=producer,
             )
-            await _wait_for(
+            await wait_until(
                 lambda: sum(worker.prototypes.categories().values()) >= len(split.labelled),
                 timeout_s,
                 f"{len(split.labelled)} labelled listings to reach the prototypes",

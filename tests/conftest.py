@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
@@ -11,6 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from metaguide.waiting import wait_until
+
+__all__ = ["load_schema", "read_topic", "wait_until"]
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMAS = ROOT / "schemas"
@@ -76,17 +79,6 @@ async def start_worker(encoder: Any) -> AsyncIterator[Callable[..., Any]]:
     for worker in started:
         if worker.app.started:
             await worker.stop()
-
-
-async def wait_until(
-    predicate: Callable[[], bool], timeout_s: float = 30.0, what: str = ""
-) -> None:
-    """Poll a condition until it holds (never a fixed sleep)."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what or predicate}")
-        await asyncio.sleep(0.05)
 
 
 async def read_topic(
