@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import time
 from collections.abc import Iterator, MutableMapping
@@ -221,8 +222,6 @@ class Worker:
 
     def apply_category_update(self, raw: bytes) -> None:
         """Fold one labelled embedding into its prototype (idempotent by event id)."""
-        import json
-
         update = json.loads(raw)
         count = self.prototype_owner.update_one(
             update["platform"],
