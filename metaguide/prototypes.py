@@ -8,7 +8,7 @@ Prototypes live in the encoder's base space, so an adapter swap never rebuilds t
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,14 +127,6 @@ class CategoryPrototypes:
                 out[key] = int(state["count"])
         return out
 
-    def platform_counts(self) -> dict[str, int]:
-        """Number of categories per platform."""
-        counts: dict[str, int] = {}
-        for key in list(self.store.keys()):
-            p = split_key(key)[0]
-            counts[p] = counts.get(p, 0) + 1
-        return counts
-
     def invalidate(self) -> None:
         """Forget the cached matrices (after a write to the store)."""
         self._checked_at.clear()
@@ -183,13 +175,3 @@ class CategoryPrototypes:
         self, platform: str, embedding: np.ndarray, k: int = 3
     ) -> list[tuple[str, float]]:
         return self.nearest_many(platform, np.asarray(embedding)[None, :], k)[0]
-
-    @classmethod
-    def from_examples(
-        cls, examples: Iterable[tuple[str, str, np.ndarray]], *, temperature: float = 0.05
-    ) -> CategoryPrototypes:
-        """Build from (platform, category, embedding) triples, one update each."""
-        protos = cls(temperature=temperature)
-        for platform, category, emb in examples:
-            protos.update_one(platform, category, emb)
-        return protos
