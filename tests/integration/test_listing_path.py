@@ -39,13 +39,19 @@ async def _labelled(broker: Any, settings: Any, worker: Any, split: Any) -> None
     )
 
 
+async def _learned(broker: Any, worker_settings: Any, start_worker: Any, split: Any) -> Any:
+    """A fresh worker that has folded ``split.labelled`` into its prototypes."""
+    settings = worker_settings()
+    worker = await start_worker(settings)
+    await _labelled(broker, settings, worker, split)
+    return settings, worker
+
+
 async def test_labelled_then_unlabelled_listings_are_classified(
     broker: Any, worker_settings: Any, start_worker: Any
 ) -> None:
-    settings = worker_settings()
-    worker = await start_worker(settings)
     split = _split(KNOWN)
-    await _labelled(broker, settings, worker, split)
+    settings, worker = await _learned(broker, worker_settings, start_worker, split)
     await _send(broker, settings, [listing_event(x, labelled=False) for x in split.test])
     out = await read_topic(broker.bootstrap, settings.topic("classifications"), len(split.test))
     truth = {x.item_id: x.category for x in split.test}
@@ -63,9 +69,7 @@ async def test_labelled_then_unlabelled_listings_are_classified(
 async def test_a_category_first_seen_mid_stream_is_predicted_next(
     broker: Any, worker_settings: Any, start_worker: Any
 ) -> None:
-    settings = worker_settings()
-    worker = await start_worker(settings)
-    await _labelled(broker, settings, worker, _split(KNOWN))
+    settings, worker = await _learned(broker, worker_settings, start_worker, _split(KNOWN))
     new = _split([NEW], shots=3, test_per_category=5)
     await _send(broker, settings, [listing_event(x, labelled=True) for x in new.labelled])
     await wait_until(
@@ -85,10 +89,8 @@ async def test_a_category_first_seen_mid_stream_is_predicted_next(
 async def test_a_malformed_event_goes_to_dead_letters_and_the_stream_goes_on(
     broker: Any, worker_settings: Any, start_worker: Any
 ) -> None:
-    settings = worker_settings()
-    worker = await start_worker(settings)
     split = _split(KNOWN[:3], test_per_category=2)
-    await _labelled(broker, settings, worker, split)
+    settings, worker = await _learned(broker, worker_settings, start_worker, split)
     producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
     await producer.start()
     try:
@@ -130,10 +132,8 @@ def _snapshot(worker: Any) -> dict[str, tuple[int, np.ndarray]]:
 async def test_tables_are_recovered_after_a_restart(
     broker: Any, worker_settings: Any, start_worker: Any
 ) -> None:
-    settings = worker_settings()
-    worker = await start_worker(settings)
     split = _split(KNOWN)
-    await _labelled(broker, settings, worker, split)
+    settings, worker = await _learned(broker, worker_settings, start_worker, split)
     # let the last offsets be committed (commit interval 0.5 s) before stopping
     await wait_until(lambda: _committed_all(worker), 30, "offsets committed")
     before = _snapshot(worker)
@@ -163,10 +163,8 @@ def _committed_all(worker: Any) -> bool:
 async def test_promtool_accepts_the_metrics_of_a_working_worker(
     broker: Any, worker_settings: Any, start_worker: Any
 ) -> None:
-    settings = worker_settings()
-    worker = await start_worker(settings)
     split = _split(KNOWN[:2], test_per_category=2)
-    await _labelled(broker, settings, worker, split)
+    settings, worker = await _learned(broker, worker_settings, start_worker, split)
     await _send(broker, settings, [listing_event(x, labelled=False) for x in split.test])
     await read_topic(broker.bootstrap, settings.topic("classifications"), len(split.test))
     server = worker.metrics.serve(settings.metrics_port, "127.0.0.1")
