@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from metaguide.config import Settings
 
@@ -69,6 +70,38 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    data_dir = Path(args.data_dir or settings.data_dir)
+    if args.what == "recommend":
+        from metaguide.encoder import TransformerEncoder
+        from metaguide.evaluate import eval_recommend, format_recommend_table
+        from metaguide.retail import RETAIL_FILE, load_online_retail
+
+        data = load_online_retail(data_dir / RETAIL_FILE)
+        encoder = TransformerEncoder(settings.model, device=settings.device)
+
+        def embed(texts: list[str]) -> Any:
+            import numpy as np
+
+            step = 128
+            return np.concatenate(
+                [encoder.embed_many(texts[i : i + step]) for i in range(0, len(texts), step)]
+            )
+
+        report = eval_recommend(
+            data, embed, cutoff=args.cutoff, k=args.k, tune=not args.no_tune, log=_stderr
+        )
+        report["data"] = {"skipped_rows": dict(data.skipped), "purchases": len(data.purchases)}
+        print(json.dumps(report, indent=2) if args.json else format_recommend_table(report))
+        return 0
+    raise AssertionError(args.what)
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metaguide", description=__doc__)
     parser.add_argument("--log-level", default="warning")
@@ -94,6 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-test", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_replay)
+
+    p = sub.add_parser("eval", help="offline evaluations on the real data sets")
+    p.add_argument("what", choices=["recommend"])
+    p.add_argument("--data-dir", help="folder of the data sets (default: METAGUIDE_DATA_DIR)")
+    p.add_argument("--cutoff", default="2011-11-01", help="temporal split date (recommend)")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--no-tune", action="store_true", help="skip the validation-month tuning")
+    p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    p.set_defaults(func=_cmd_eval)
     return parser
 
 

@@ -64,6 +64,11 @@ class Settings:
     max_latency_s: float = 0.05
     max_in_flight: int = 256
     top_k: int = 3
+    click_batch_size: int = 1000  # clicks read per batch by the click agent
+    click_batch_latency_s: float = 0.05
+    click_wait_s: float = 30.0  # how long a click waits for its item's listing
+    recommend_max_k: int = 100
+    repeat_min_ratio: float = 0.5  # buying an item again is its norm above this repeat share
     temperature: float = 0.05
     metrics_port: int = 9464
     metrics_host: str = "0.0.0.0"
@@ -89,6 +94,16 @@ class Settings:
             raise ConfigError(f"METAGUIDE_MAX_LATENCY_S must be >= 0, got {self.max_latency_s}")
         if self.top_k < 1:
             raise ConfigError(f"METAGUIDE_TOP_K must be >= 1, got {self.top_k}")
+        if self.click_batch_size < 1:
+            raise ConfigError(
+                f"METAGUIDE_CLICK_BATCH_SIZE must be >= 1, got {self.click_batch_size}"
+            )
+        if self.click_wait_s <= 0:
+            raise ConfigError(f"METAGUIDE_CLICK_WAIT_S must be > 0, got {self.click_wait_s}")
+        if not 0 <= self.repeat_min_ratio <= 1:
+            raise ConfigError(
+                f"METAGUIDE_REPEAT_MIN_RATIO must be in [0, 1], got {self.repeat_min_ratio}"
+            )
         if self.temperature <= 0:
             raise ConfigError(f"METAGUIDE_TEMPERATURE must be > 0, got {self.temperature}")
         if self.security_protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):

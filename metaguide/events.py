@@ -19,6 +19,11 @@ from metaguide.errors import SchemaViolation
 
 __all__ = [
     "ACTIONS",
+    "RecommendationRequest",
+    "check_platform",
+    "check_user_id",
+    "decode_recommendation_request",
+    "parse_k",
     "ListingEvent",
     "ClickEvent",
     "decode_listing",
@@ -217,6 +222,64 @@ def decode_click(raw: bytes | str | None) -> ClickEvent:
         action=action,
         ts=_timestamp(obj),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class RecommendationRequest:
+    """A request for a user's top-k, answered on the ``recommendations`` topic."""
+
+    request_id: str
+    platform: str
+    user_id: str
+    k: int
+
+
+def parse_k(value: object, max_k: int) -> int:
+    """k from a query string (digits) or a JSON integer: 1..``max_k``."""
+    k: int | None = None
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,6}", value):
+        k = int(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        k = value
+    if k is None or not 1 <= k <= max_k:
+        raise SchemaViolation("bad_k", f"k is {str(value)[:40]!r}, expected an integer 1..{max_k}")
+    return k
+
+
+def check_platform(value: str) -> str:
+    if not _PLATFORM_RE.fullmatch(value):
+        raise SchemaViolation(
+            "bad_platform", f"platform {value[:80]!r} must match {_PLATFORM_RE.pattern}"
+        )
+    return value
+
+
+def check_user_id(value: str) -> str:
+    if not 1 <= len(value) <= MAX_ID_CHARS:
+        raise SchemaViolation("bad_user_id", f"user_id must be 1..{MAX_ID_CHARS} characters")
+    return value
+
+
+def decode_recommendation_request(raw: bytes | str | None, max_k: int) -> RecommendationRequest:
+    """Parse and validate one request (``schemas/recommendation_request.v1.json``)."""
+    obj = _load_object(raw)
+    _check_fields(obj, ("request_id", "platform", "user_id"), ("k",))
+    _check_schema_tag(obj, "recommendation_request.v1")
+    return RecommendationRequest(
+        request_id=_string(obj, "request_id", MAX_ID_CHARS),
+        platform=_platform(obj),
+        user_id=_string(obj, "user_id", MAX_ID_CHARS),
+        k=_request_k(obj, max_k),
+    )
+
+
+def _request_k(obj: dict[str, Any], max_k: int) -> int:
+    value = obj.get("k", 10)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SchemaViolation(
+            "wrong_type", f"field 'k' must be an integer, got {type(value).__name__}"
+        )
+    return parse_k(value, max_k)
 
 
 def check_key(key: bytes | None, expected: str, field: str) -> None:

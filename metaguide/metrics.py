@@ -96,6 +96,46 @@ class Metrics:
             registry=r,
         )
 
+        self.clicks = Counter(
+            "metaguide_clicks_total",
+            "Valid click events read, by action.",
+            ["action"],
+            registry=r,
+        )
+        self.clicks_joined = Counter(
+            "metaguide_clicks_joined_total",
+            "Clicks joined with their item's embedding and sent to the user's owner.",
+            registry=r,
+        )
+        self.user_updates = Counter(
+            "metaguide_user_updates_total",
+            "Clicks folded into a user's preference prototypes.",
+            registry=r,
+        )
+        self.joins_waiting = Gauge(
+            "metaguide_click_joins_waiting",
+            "Clicks waiting for their item's listing (bounded by METAGUIDE_CLICK_WAIT_S).",
+            registry=r,
+        )
+        self.users = Gauge(
+            "metaguide_users_tracked",
+            "User profiles held by this worker's partitions.",
+            registry=r,
+        )
+        self.recommendation_requests = Counter(
+            "metaguide_recommendation_requests_total",
+            "Recommendation requests answered here, by channel (http, topic) and outcome.",
+            ["channel", "outcome"],
+            registry=r,
+        )
+        self.recommendation_seconds = Histogram(
+            "metaguide_recommendation_seconds",
+            "Time to score one recommendation request on the owning worker.",
+            ["channel"],
+            buckets=_SECONDS_BUCKETS,
+            registry=r,
+        )
+
     def on_batch(self, size: int, fill_s: float, model_s: float) -> None:
         """Hook for :class:`metaguide.batching.MicroBatcher`."""
         self.batch_size.observe(size)

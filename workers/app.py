@@ -35,6 +35,7 @@ from metaguide.events import (
 )
 from metaguide.metrics import Metrics
 from metaguide.prototypes import CategoryPrototypes, prototype_key
+from workers.clicks import ClickPath, register_click_path
 
 __all__ = ["Embedder", "Worker", "create_worker", "faust_settings"]
 
@@ -156,6 +157,7 @@ class Worker:
     prototype_owner: CategoryPrototypes
     items: Any
     topics: dict[str, Any]
+    clicks: ClickPath | None = None
     model_version: str = BASE_MODEL_VERSION
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -192,12 +194,17 @@ class Worker:
             return
         # the changelog partition comes from the current event (a context variable copied into
         # this task when the agent created it): the listing's partition, as the key is the same
-        self.items[listing.item_id.encode()] = {
+        item = {
             "platform": listing.platform,
             "category": listing.category,
             "emb": _vector_to_b64(vector),
             "ts": listing.ts,
         }
+        self.items[listing.item_id.encode()] = item
+        if self.clicks is not None:
+            # every worker's recommendation candidates, and the clicks that waited for it
+            self.clicks.catalog[listing.item_id.encode()] = item
+            await self.clicks.release(listing.item_id, item, message.partition)
         if listing.category is not None:
             key = prototype_key(listing.platform, listing.category)
             await self.topics["category_updates"].send(
@@ -366,6 +373,7 @@ def create_worker(
         items=items,
         topics=topics,
     )
+    worker.clicks = register_click_path(worker, raw_topic)
     listings_name = settings.topic("listings")
     in_flight = asyncio.Semaphore(settings.max_in_flight)
 
