@@ -404,7 +404,7 @@ class ClickPath:
             "model_version": self.worker.model_version,
             "clicks": clicks,
             "user_weight": round(weight, 4),
-            "served_by": self.worker.app.conf.canonical_url.human_repr(),
+            "served_by": str(self.worker.app.conf.canonical_url).rstrip("/"),
             "ts": time.time(),
         }
 

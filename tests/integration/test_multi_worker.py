@@ -20,6 +20,7 @@ from metaguide.broker import free_port
 from metaguide.data import few_shot_split, listing_event, load_myntra
 from metaguide.replay import produce_events
 from tests.conftest import read_topic, wait_until
+from tests.integration.test_click_path import get_recommendations
 
 pytestmark = pytest.mark.integration
 
@@ -41,9 +42,13 @@ def scrape(port: int) -> dict[str, float]:
 
 
 @pytest.fixture
-def two_workers(broker: Any, tmp_path: Path) -> Iterator[tuple[dict[str, str], list[int]]]:
+def two_workers(
+    broker: Any, tmp_path: Path
+) -> Iterator[tuple[dict[str, str], list[int], list[int]]]:
+    """Two worker processes: (their common env, metrics ports, web ports)."""
     run = os.urandom(4).hex()
     ports = [free_port(), free_port()]
+    web_ports = [free_port(), free_port()]
     base = {
         **os.environ,
         "METAGUIDE_BROKER_URL": broker.url,
@@ -57,7 +62,7 @@ def two_workers(broker: Any, tmp_path: Path) -> Iterator[tuple[dict[str, str], l
         env = {
             **base,
             "METAGUIDE_METRICS_PORT": str(port),
-            "METAGUIDE_WEB_PORT": str(free_port()),
+            "METAGUIDE_WEB_PORT": str(web_ports[i]),
             "METAGUIDE_STATE_DIR": str(tmp_path / f"w{i}"),
         }
         procs.append(
@@ -69,7 +74,7 @@ def two_workers(broker: Any, tmp_path: Path) -> Iterator[tuple[dict[str, str], l
             )
         )
     try:
-        yield base, ports
+        yield base, ports, web_ports
     finally:
         for proc in procs:
             proc.terminate()
@@ -81,7 +86,7 @@ def two_workers(broker: Any, tmp_path: Path) -> Iterator[tuple[dict[str, str], l
 
 
 async def test_every_worker_classifies_with_every_prototype(broker: Any, two_workers: Any) -> None:
-    env, ports = two_workers
+    env, ports, _ = two_workers
     listings_topic = env["METAGUIDE_TOPIC_PREFIX"] + "listings"
     consumed = f'metaguide_events_consumed_total{{topic="{listings_topic}"}}'
     await wait_until(lambda: all(scrape(p) for p in ports), 90, "both workers serving metrics")
@@ -127,3 +132,50 @@ async def test_every_worker_classifies_with_every_prototype(broker: Any, two_wor
     ]
     assert all(e > 0 for e in emitted), emitted
     assert sum(emitted) >= len(split.test)  # more only if a rebalance redelivered some
+
+
+async def test_a_request_reaching_the_wrong_worker_is_routed_to_the_users_owner(
+    broker: Any, two_workers: Any
+) -> None:
+    env, ports, web_ports = two_workers
+    prefix = env["METAGUIDE_TOPIC_PREFIX"]
+    await wait_until(lambda: all(scrape(p) for p in ports), 90, "both workers serving metrics")
+    watches = [x for x in load_myntra() if x.category == "Watches"][:6]
+    await produce_events(
+        broker.bootstrap,
+        prefix + "listings",
+        [listing_event(x, labelled=False) for x in watches],
+        key_field="item_id",
+    )
+    users = [f"user-{n}" for n in range(12)]
+    clicks = [
+        {
+            "event_id": f"{u}-{x.item_id}",
+            "platform": "myntra",
+            "user_id": u,
+            "item_id": x.item_id,
+            "action": "view",
+            "ts": 1.7e9,
+        }
+        for u in users
+        for x in watches[:2]
+    ]
+    await produce_events(broker.bootstrap, prefix + "clicks", clicks, key_field="user_id")
+
+    def applied() -> float:
+        return sum(scrape(p).get("metaguide_user_updates_total", 0) for p in ports)
+
+    await wait_until(lambda: applied() >= len(clicks), 120, "every click applied")
+    served_by = set()
+    for user in users:
+        answers = [
+            await get_recommendations(port, user, k=3, platform="myntra") for port in web_ports
+        ]
+        for status, body in answers:
+            assert status == 200, body
+            assert body["clicks"] == 2, body
+        # both workers give the answer of the one owner
+        assert answers[0][1]["served_by"] == answers[1][1]["served_by"]
+        assert answers[0][1]["items"] == answers[1][1]["items"]
+        served_by.add(answers[0][1]["served_by"])
+    assert served_by == {f"http://127.0.0.1:{p}" for p in web_ports}
