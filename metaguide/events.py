@@ -275,6 +275,8 @@ def decode_recommendation_request(raw: bytes | str | None, max_k: int) -> Recomm
 
 def _request_k(obj: dict[str, Any], max_k: int) -> int:
     value = obj.get("k", 10)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON Schema's integer: 5.0 is one
     if isinstance(value, bool) or not isinstance(value, int):
         raise SchemaViolation(
             "wrong_type", f"field 'k' must be an integer, got {type(value).__name__}"

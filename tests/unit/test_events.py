@@ -17,6 +17,7 @@ from metaguide.events import (
     dead_letter_record,
     decode_click,
     decode_listing,
+    decode_recommendation_request,
 )
 from tests.conftest import load_schema
 
@@ -138,3 +139,22 @@ def test_listing_decoder_agrees_with_schema(event: dict[str, Any]) -> None:
 @given(_mutations(CLICK, {}))
 def test_click_decoder_agrees_with_schema(event: dict[str, Any]) -> None:
     _agrees_with_schema(decode_click, "click", event)
+
+
+REQUEST = {"request_id": "r1", "platform": "shop", "user_id": "u1", "k": 5}
+
+
+@settings(max_examples=300, deadline=None)
+@given(_mutations(REQUEST, {"schema": "recommendation_request.v1"}))
+def test_recommendation_request_decoder_agrees_with_schema(event: dict[str, Any]) -> None:
+    _agrees_with_schema(
+        lambda raw: decode_recommendation_request(raw, 100), "recommendation_request", event
+    )
+
+
+def test_a_whole_float_k_is_an_integer_as_in_json_schema() -> None:
+    event = {**REQUEST, "k": 5.0}
+    _agrees_with_schema(
+        lambda raw: decode_recommendation_request(raw, 100), "recommendation_request", event
+    )
+    assert decode_recommendation_request(json.dumps(event), 100).k == 5

@@ -1,0 +1,182 @@
+"""User profiles, item statistics and scoring, on small hand-made vectors."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from metaguide.errors import SchemaViolation
+from metaguide.evaluate import ranking_metrics
+from metaguide.events import decode_recommendation_request, parse_k
+from metaguide.recommend import Catalog, RecommendConfig, recommend, record_item_click
+from metaguide.retail import click_events, load_online_retail
+from metaguide.users import ProfileConfig, UserProfile
+
+D = 16
+DAY = 86400.0
+
+
+def unit(i: int, noise: float = 0.0, seed: int = 0) -> np.ndarray:
+    v = np.zeros(D, dtype=np.float32)
+    v[i] = 1.0
+    if noise:
+        v += np.random.default_rng(seed).normal(0, noise, D).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def apply(profile: UserProfile, vec: np.ndarray, n: int, **kw: object) -> bool:
+    args = {"action": "click", "ts": 1e9 + n, "event_id": f"e{n}", "item_id": f"i{n}"}
+    args.update(kw)
+    return profile.apply(vec, config=ProfileConfig(), **args)  # type: ignore[arg-type]
+
+
+def test_two_tastes_stay_two_prototypes() -> None:
+    profile = UserProfile()
+    for n in range(4):
+        apply(profile, unit(0, 0.1, n), n)  # garden tools
+        apply(profile, unit(5, 0.1, n + 10), n + 10)  # baby clothes
+    protos, weights = profile.prototypes(1e9 + 20, ProfileConfig().half_life_s)
+    assert len(protos) == 2
+    assert sorted(int(np.argmax(p)) for p in protos) == [0, 5]
+    assert np.allclose(weights, weights[0], rtol=0.01)
+
+
+def test_a_purchase_weighs_more_than_a_view_and_old_clicks_fade() -> None:
+    config = ProfileConfig(merge_threshold=0.0, max_prototypes=1)
+    viewed, bought = UserProfile(), UserProfile()
+    viewed.apply(unit(0), action="view", ts=1e9, event_id="a", item_id="x", config=config)
+    bought.apply(unit(0), action="purchase", ts=1e9, event_id="a", item_id="x", config=config)
+    assert bought.weights[0] == 8 * viewed.weights[0]
+    _, now = viewed.prototypes(1e9, config.half_life_s)
+    _, later = viewed.prototypes(1e9 + config.half_life_s, config.half_life_s)
+    assert later[0] == pytest.approx(now[0] / 2)
+
+
+def test_a_redelivered_event_changes_nothing() -> None:
+    profile = UserProfile()
+    assert apply(profile, unit(1), 1)
+    state = profile.to_state()
+    assert not apply(profile, unit(2), 1)  # same event id, even with other content
+    assert profile.to_state() == state
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, D - 1), st.sampled_from(["view", "purchase"])), max_size=20)
+)
+def test_state_round_trips_through_json(clicks: list[tuple[int, str]]) -> None:
+    import json
+
+    profile = UserProfile()
+    for n, (i, action) in enumerate(clicks):
+        apply(profile, unit(i), n, action=action)
+    again = UserProfile.from_state(json.loads(json.dumps(profile.to_state())))
+    assert again.to_state() == profile.to_state()
+    assert len(again.sums) <= ProfileConfig().max_prototypes
+
+
+def _catalog(stats: dict[str, dict[str, object]] | None = None, now: float = 1e9) -> Catalog:
+    items = [(f"i{i}", unit(i), now - i * DAY) for i in range(D)]
+    return Catalog.build(items, stats or {}, now=now, config=RecommendConfig())
+
+
+def test_cold_user_gets_the_prior_and_clicks_move_to_their_taste() -> None:
+    config = RecommendConfig()
+    stats = {}
+    for n in range(20):  # i3 is popular
+        stats["i3"] = record_item_click(
+            stats.get("i3"), user_id=f"u{n}", action="click", ts=1e9, config=config
+        )
+    catalog = _catalog(stats)
+    cold = recommend(UserProfile(), catalog, 3, now=1e9, config=config)
+    assert cold[0][0] == "i3"
+    profile = UserProfile()
+    apply(profile, unit(7), 1)
+    warm = recommend(profile, catalog, 3, now=1e9, config=config)
+    assert warm[0][0] == "i7"
+
+
+def test_bought_items_are_left_out_unless_repeats_are_their_norm() -> None:
+    config = RecommendConfig()
+    stats = {}
+    for n in range(4):  # i2: every buyer buys it again
+        for _ in range(2):
+            stats["i2"] = record_item_click(
+                stats.get("i2"), user_id=f"u{n}", action="purchase", ts=1e9, config=config
+            )
+    profile = UserProfile()
+    apply(profile, unit(1), 1, action="purchase", item_id="i1")
+    apply(profile, unit(2), 2, action="purchase", item_id="i2")
+    top = [i for i, _ in recommend(profile, _catalog(stats), D, now=1e9, config=config)]
+    assert "i1" not in top and "i2" in top and len(top) == D - 1
+
+
+def test_candidates_are_bounded_to_the_popular_and_the_newest() -> None:
+    config = RecommendConfig(max_popular=2, max_newest=3)
+    stats = {
+        f"i{i}": record_item_click(None, user_id="u", action="view", ts=1e9, config=config)
+        for i in (10, 12)
+    }
+    items = [(f"i{i}", unit(i), 1e9 - i * DAY) for i in range(D)]
+    catalog = Catalog.build(items, stats, now=1e9, config=config)
+    assert sorted(catalog.item_ids) == ["i0", "i1", "i10", "i12", "i2"]
+
+
+def test_ranking_metrics() -> None:
+    assert ranking_metrics(["a", "b", "c"], {"c"}, 3) == (1.0, pytest.approx(0.5))
+    assert ranking_metrics(["a", "b"], {"z"}, 2) == (0.0, 0.0)
+    assert ranking_metrics(["a", "b", "c"], {"a", "b"}, 3)[1] == pytest.approx(1.0)
+
+
+def test_k_and_requests_are_checked() -> None:
+    assert parse_k("10", 100) == 10
+    for bad in ("0", "101", "-1", "1.5", "ten", "", True, 2.0):
+        with pytest.raises(SchemaViolation):
+            parse_k(bad, 100)
+    request = decode_recommendation_request(b'{"request_id":"r","platform":"p","user_id":"u"}', 100)
+    assert request.k == 10
+    with pytest.raises(SchemaViolation) as err:
+        decode_recommendation_request(
+            b'{"request_id":"r","platform":"p","user_id":"u","k":"5"}', 100
+        )
+    assert err.value.reason == "wrong_type"
+
+
+def test_online_retail_noise_is_handled(tmp_path: Path) -> None:
+    rows = [
+        "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country",
+        "1,85123A,WHITE HEART,6,2010-12-01 08:26:00,2.55,17850,United Kingdom",
+        "1,85123A,WHITE HEART,6,2010-12-01 08:26:00,2.55,17850,United Kingdom",  # duplicate
+        "2,85123A,CREAM HEART,1,2010-12-02 08:00:00,2.55,,United Kingdom",  # no customer
+        "3,85123A,damaged,-5,2010-12-03 08:00:00,0,,United Kingdom",  # stock note
+        "C4,85123A,WHITE HEART,-1,2010-12-04 08:00:00,2.55,17850,United Kingdom",  # cancelled
+        "5,POST,POSTAGE,1,2010-12-05 08:00:00,18,12583,France",  # not a product
+        "6,22138,BAKING SET,3,2010-12-06 08:00:00,4.95,12680,France",
+        "7,85123A,WHITE HEART,2,2010-12-07 08:00:00,2.55,12680,France",
+    ]
+    path = tmp_path / "retail.csv.gz"
+    with gzip.open(path, "wt") as fh:
+        fh.write("\n".join(rows) + "\n")
+    data = load_online_retail(path)
+    assert data.items == {"85123A": "WHITE HEART", "22138": "BAKING SET"}
+    assert [(p.user_id, p.item_id) for p in data.purchases] == [
+        ("17850", "85123A"),
+        ("12680", "22138"),
+        ("12680", "85123A"),
+    ]
+    assert data.skipped == {
+        "duplicate_row": 1,
+        "no_customer": 1,
+        "not_a_sale": 1,
+        "cancellation": 1,
+        "not_a_product": 1,
+        "no_description": 0,
+    }
+    events = click_events(data)
+    assert len({e["event_id"] for e in events}) == 3
+    assert all(e["action"] == "purchase" for e in events)
