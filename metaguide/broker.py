@@ -71,6 +71,13 @@ class EmbeddedBroker:
         return f"{self.host}:{self.port}"
 
     @property
+    def pid(self) -> int:
+        """The broker process (for CPU accounting in benchmarks)."""
+        if self._proc is None:
+            raise RuntimeError("the broker is not running")
+        return self._proc.pid
+
+    @property
     def url(self) -> str:
         """``kafka://host:port`` for Faust."""
         return f"kafka://{self.bootstrap}"

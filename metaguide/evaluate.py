@@ -35,8 +35,9 @@ import numpy as np
 from metaguide.recommend import (
     Catalog,
     RecommendConfig,
+    bump_popularity,
+    popularity_at,
     recommend,
-    record_item_click,
 )
 from metaguide.retail import Purchase, RetailData
 from metaguide.users import UserProfile
@@ -104,22 +105,30 @@ def _cooccurrence(train: list[Purchase], index: dict[str, int]) -> np.ndarray:
     return counts / np.maximum(bought, 1.0)[:, None]
 
 
-_TrainState = tuple[dict[str, dict[str, Any]], dict[str, UserProfile], dict[str, list[str]]]
+_TrainState = tuple[
+    dict[str, float], dict[str, tuple[int, int]], dict[str, UserProfile], dict[str, list[str]]
+]
 _train_cache: dict[tuple[Any, ...], _TrainState] = {}
 
 
 def _train(
     split: SplitData, embeddings: dict[str, np.ndarray], config: RecommendConfig
 ) -> _TrainState:
-    """Item statistics, user profiles and histories from the training purchases."""
-    stats: dict[str, dict[str, Any]] = {}
+    """Item popularity, purchase counts, user profiles and histories from the training
+    purchases, updated one event at a time as the worker does."""
+    popularity: dict[str, tuple[float, float]] = {}
+    purchases: dict[str, tuple[int, int]] = {}
     profiles: dict[str, UserProfile] = defaultdict(UserProfile)
     history: dict[str, list[str]] = defaultdict(list)
+    weight = config.profile.action_weights["purchase"]
     for p in split.train:
-        stats[p.item_id] = record_item_click(
-            stats.get(p.item_id), user_id=p.user_id, action="purchase", ts=p.ts, config=config
+        popularity[p.item_id] = bump_popularity(
+            popularity.get(p.item_id), weight, p.ts, config.popularity_half_life_s
         )
-        profiles[p.user_id].apply(
+        profile = profiles[p.user_id]
+        n, r = purchases.get(p.item_id, (0, 0))
+        purchases[p.item_id] = (n + 1, r + int(p.item_id in profile.bought))
+        profile.apply(
             embeddings[p.item_id],
             action="purchase",
             ts=p.ts,
@@ -128,7 +137,11 @@ def _train(
             config=config.profile,
         )
         history[p.user_id].append(p.item_id)
-    return stats, dict(profiles), dict(history)
+    now = split.cutoff
+    decayed = {
+        i: popularity_at(e, now, config.popularity_half_life_s) for i, e in popularity.items()
+    }
+    return decayed, purchases, dict(profiles), dict(history)
 
 
 def evaluate_split(
@@ -145,7 +158,6 @@ def evaluate_split(
     key = (
         id(split),
         config.popularity_half_life_s,
-        config.max_buyers_tracked,
         config.profile.merge_threshold,
         config.profile.half_life_s,
         config.profile.max_prototypes,
@@ -153,16 +165,17 @@ def evaluate_split(
     if key not in _train_cache:
         _train_cache.clear()  # one split and setting at a time is enough for the tuning loop
         _train_cache[key] = _train(split, embeddings, config)
-    stats, profiles, history = _train_cache[key]
+    item_popularity, purchases, profiles, history = _train_cache[key]
     now = split.cutoff
     catalog = Catalog.build(
         ((c, embeddings[c], first_sold[c]) for c in split.catalog_items),
-        stats,
+        item_popularity,
+        purchases,
         now=now,
         config=config,
     )
-    purchases = np.array([stats[c]["n"] if c in stats else 0 for c in catalog.item_ids])
-    pop_score = purchases / max(float(purchases.max()), 1.0)
+    counts = np.array([purchases.get(c, (0, 0))[0] for c in catalog.item_ids])
+    pop_score = counts / max(float(counts.max()), 1.0)
     cooc = _cooccurrence(split.train, catalog.index) if with_baselines else None
 
     def masked_top(scores: np.ndarray, user: str) -> list[str]:

@@ -7,13 +7,14 @@ the user's own prototypes as their clicks arrive: ``alpha = clicks / (clicks + b
 capped at ``max_user_weight``. Items the user already bought are left out unless buying that
 item again is the norm (most of its purchases are repeats).
 
-Item statistics (decayed popularity, purchases, repeat purchases) are kept per item by the
-worker that owns the item's partition, with :func:`record_item_click`.
+Item statistics are mergeable: decayed popularity is kept per item by the owner of the item's
+partition (:func:`bump_popularity`), purchases and repeat purchases by the owners of the
+buyers' partitions (a repeat is a purchase of an item already in the buyer's profile); a
+worker that scores sums what every partition published.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,9 +27,9 @@ __all__ = [
     "Catalog",
     "RecommendConfig",
     "is_repeatable",
+    "bump_popularity",
     "popularity_at",
     "recommend",
-    "record_item_click",
 ]
 
 
@@ -48,51 +49,31 @@ class RecommendConfig:
     # Online Retail (a wholesaler: customers restock) is best served by 0.0, which never
     # leaves an item with 3+ purchases out
     repeat_min_ratio: float = 0.5
-    max_buyers_tracked: int = 64
     profile: ProfileConfig = ProfileConfig()
 
 
-def _user_hash(user_id: str) -> int:
-    return int.from_bytes(hashlib.blake2b(user_id.encode(), digest_size=4).digest(), "big")
+def bump_popularity(
+    entry: tuple[float, float] | None, weight: float, ts: float, half_life_s: float
+) -> tuple[float, float]:
+    """An item's decayed popularity (value, as of time) after one more weighted click."""
+    if entry is None:
+        return weight, ts
+    value, since = entry
+    if ts >= since:
+        return value * 0.5 ** ((ts - since) / half_life_s) + weight, ts
+    return value + weight * 0.5 ** ((since - ts) / half_life_s), since  # a late event
 
 
-def record_item_click(
-    stats: Mapping[str, Any] | None,
-    *,
-    user_id: str,
-    action: str,
-    ts: float,
-    config: RecommendConfig,
-) -> dict[str, Any]:
-    """An item's statistics after one more click: decayed popularity, purchases, repeats.
-
-    Repeats are recognised from a bounded set of buyer hashes: once it is full, repeat
-    purchases by buyers not in it are missed (the ratio errs towards "not repeatable").
-    """
-    weight = config.profile.action_weights[action]
-    state: dict[str, Any] = dict(stats) if stats else {"pop": 0.0, "t": ts, "n": 0, "r": 0, "b": []}
-    state["pop"] = popularity_at(state, ts, config.popularity_half_life_s) + weight
-    state["t"] = max(state["t"], ts)
-    if action == "purchase":
-        state["n"] += 1
-        h = _user_hash(user_id)
-        buyers = state["b"]
-        if h in buyers:
-            state["r"] += 1
-        elif len(buyers) < config.max_buyers_tracked:
-            state["b"] = [*buyers, h]
-    return state
+def popularity_at(entry: tuple[float, float], now: float, half_life_s: float) -> float:
+    value, since = entry
+    return value * 0.5 ** (max(0.0, now - since) / half_life_s)
 
 
-def popularity_at(stats: Mapping[str, Any], now: float, half_life_s: float) -> float:
-    age = max(0.0, now - float(stats["t"]))
-    return float(stats["pop"]) * 0.5 ** (age / half_life_s)
-
-
-def is_repeatable(stats: Mapping[str, Any] | None, config: RecommendConfig) -> bool:
-    if not stats or stats["n"] < config.repeat_min_purchases:
+def is_repeatable(counts: tuple[int, int] | None, config: RecommendConfig) -> bool:
+    """Buying the item again is the norm: (purchases, repeat purchases) say so."""
+    if counts is None or counts[0] < config.repeat_min_purchases:
         return False
-    return bool(stats["r"] / stats["n"] >= config.repeat_min_ratio)
+    return counts[1] / counts[0] >= config.repeat_min_ratio
 
 
 @dataclass
@@ -109,20 +90,16 @@ class Catalog:
     def build(
         cls,
         items: Iterable[tuple[str, np.ndarray, float]],
-        stats: Mapping[str, Mapping[str, Any]],
+        popularity: Mapping[str, float],
+        purchases: Mapping[str, tuple[int, int]],
         *,
         now: float,
         config: RecommendConfig,
     ) -> Catalog:
-        """From (item_id, base embedding, listed ts) and per-item statistics."""
+        """From (item_id, base embedding, listed ts), popularity as of ``now`` and
+        (purchases, repeat purchases) per item."""
         rows = list(items)
-        pops = np.array(
-            [
-                popularity_at(stats[i], now, config.popularity_half_life_s) if i in stats else 0.0
-                for i, _, _ in rows
-            ],
-            dtype=np.float64,
-        )
+        pops = np.array([popularity.get(i, 0.0) for i, _, _ in rows], dtype=np.float64)
         listed = np.array([ts for _, _, ts in rows], dtype=np.float64)
         keep = set(np.argsort(-pops, kind="stable")[: config.max_popular].tolist())
         keep |= set(np.argsort(-listed, kind="stable")[: config.max_newest].tolist())
@@ -136,10 +113,9 @@ class Catalog:
         pop = pop / pop.max() if pop.max() > 0 else pop
         recency = 0.5 ** (np.maximum(0.0, now - listed[order]) / config.recency_half_life_s)
         prior = (1 - config.recency_weight) * pop + config.recency_weight * recency
-        repeatable = np.array([is_repeatable(stats.get(i), config) for i in ids], dtype=bool)
-        return cls(
-            ids, matrix, prior.astype(np.float32), repeatable, {i: n for n, i in enumerate(ids)}
-        )
+        repeatable = np.array([is_repeatable(purchases.get(i), config) for i in ids], dtype=bool)
+        index = {item_id: n for n, item_id in enumerate(ids)}
+        return cls(ids, matrix, prior.astype(np.float32), repeatable, index)
 
     def __len__(self) -> int:
         return len(self.item_ids)

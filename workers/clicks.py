@@ -1,26 +1,30 @@
 """The click path and the recommendation API of a worker.
 
 clicks (keyed by user_id)
-  -> click agent: decode + validate (bad -> dead letters), batched reads; clicks are packed
-     per item partition and sent to ``clicks-by-item`` (one message per partition per batch)
+  -> click router (:class:`ClickRouter`, a plain aiokafka consumer: the hop is stateless):
+     decode + validate (bad -> dead letters), batched reads; clicks are packed per item
+     partition and sent to ``clicks-by-item`` (one message per partition per batch)
   -> join agent, in the item's partition: looks the item's base embedding up in the item
-     table, updates the item's statistics (decayed popularity, repeat purchases), packs
-     (user, embedding, action) per user partition and sends them to ``user-updates``;
+     table, updates the items' decayed popularity, packs (user, embedding, action) per user
+     partition and sends them to ``user-updates``;
      a click whose item is not known yet waits for its listing (the pack is not acked), up
      to ``click_wait_s``, then goes to the dead-letter topic with reason ``item_not_found``
   -> user agent, in the user's partition: folds each click into the user's prototypes
-     (idempotent by event id) and writes each touched profile once per pack.
+     (idempotent by event id), writes each touched profile once per pack, and counts
+     purchases and repeat purchases per item.
 
 Packing is what makes the path fast: with one record per changelog write on the embedded
 broker, per-message and per-write costs dominate, so every internal message carries a batch
-and every table key is written once per pack. A pack's partition is computed with Kafka's
-default partitioner (murmur2 of the key), the one producers use for the input topics, so a
-pack lands where its items' (or users') state lives.
+and every table key is written once per pack. Item statistics are not one record per item
+but one summary per (platform, partition), written once per pack: the most popular items of
+an item partition, the purchase and repeat counts of a user partition. A pack's partition
+is computed with Kafka's default partitioner (murmur2 of the key), the one producers use for
+the input topics, so a pack lands where its items' (or users') state lives.
 
 The API (``GET /recommendations/{platform}/{user_id}?k=10``) is routed by Faust to the worker
-that owns the user's partition of the clicks topic, which holds the user's profile. Candidates
-and their popularity come from two global tables every worker reads: ``catalog`` (every item's
-embedding) and ``popularity`` (each partition's most popular items, published by their owner).
+that owns the user's partition of ``user-updates``, which holds the user's profile. Candidates
+and their statistics come from two global tables every worker reads: ``catalog`` (every item's
+embedding) and ``platform-summaries`` (every partition's summaries, published by its owner).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import json
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -53,11 +57,12 @@ from metaguide.events import (
 from metaguide.recommend import (
     Catalog,
     RecommendConfig,
+    bump_popularity,
     popularity_at,
     recommend,
-    record_item_click,
 )
 from metaguide.users import UserProfile, user_key
+from workers.batches import EventBatches
 
 if TYPE_CHECKING:
     from workers.app import Worker
@@ -71,7 +76,8 @@ PACK_KEY = b"pack"
 EVENT_ID, PLATFORM, USER_ID, ITEM_ID, ACTION, TS, SRC_PARTITION, SRC_OFFSET, RAW = range(9)
 # rows of a user-updates pack: the first six as above, then the item's fp16 embedding
 EMB = 6
-POPULAR_PER_PARTITION = 1000
+PACK_MAX_ROWS = 500  # a joined row carries a 384-d fp16 embedding: about 1.1 kB of JSON
+SUMMARY_MAX_ITEMS = 5000  # per platform and partition: the most popular / most purchased
 
 
 def key_partition(key: bytes, partitions: int) -> int:
@@ -113,14 +119,18 @@ class ClickPath:
     worker: Worker
     config: RecommendConfig
     topics: dict[str, Any]
-    item_stats: Any
     users: Any
     catalog: Any
-    popularity: Any
+    summaries: Any  # partitioned: this worker's own partition summaries
+    platform_summaries: Any  # global: every partition's summaries, for scoring
     waiting: dict[str, list[_Waiting]] = field(default_factory=lambda: defaultdict(list))
     catalog_refresh_s: float = 1.0
-    _stats_index: dict[int, dict[str, dict[str, dict[str, Any]]]] = field(default_factory=dict)
+    # in memory, by partition then platform: item -> (popularity, as of) in item partitions,
+    # item -> (purchases, repeats) in user partitions; rebuilt from ``summaries`` when needed
+    _popularity: dict[int, dict[str, dict[str, tuple[float, float]]]] = field(default_factory=dict)
+    _purchases: dict[int, dict[str, dict[str, tuple[int, int]]]] = field(default_factory=dict)
     _catalogs: dict[str, _CachedCatalog] = field(default_factory=dict)
+    router_consumer: Any = None
 
     @property
     def partitions(self) -> int:
@@ -128,12 +138,12 @@ class ClickPath:
 
     # -- click agent -------------------------------------------------------------------------
 
-    async def route_clicks(self, stream: StreamT, events: list[EventT]) -> None:
-        """Validate a batch of clicks and send them, packed, to their items' partitions."""
+    async def route_clicks(self, messages: list[Any]) -> None:
+        """Validate a batch of clicks and send them, packed, to their items' partitions;
+        returns once every pack is delivered (the caller then commits the offsets)."""
         packs: dict[int, list[list[Any]]] = defaultdict(list)
         actions: Counter[str] = Counter()
-        for event in events:
-            message = event.message
+        for message in messages:
             try:
                 click = decode_click(message.value)
                 check_key(message.key, click.user_id, "user_id")
@@ -150,45 +160,53 @@ class ClickPath:
                 click.ts,
                 message.partition,
                 message.offset,
-                message.value.decode("utf-8"),  # type: ignore[union-attr]  # None: rejected
+                message.value.decode("utf-8"),  # not None: decode_click rejects that
             ]
             packs[key_partition(click.item_id.encode(), self.partitions)].append(row)
+        sent = []
         for partition, rows in packs.items():
-            await self.topics["clicks_by_item"].send(
-                key=PACK_KEY, value=encode_json({"clicks": rows}), partition=partition
-            )
+            sent += await self._send_packs("clicks_by_item", "clicks", partition, rows)
+        for delivery in sent:
+            await delivery
         for action, n in actions.items():
             self.worker.metrics.clicks.labels(action).inc(n)
         self.worker.metrics.events_consumed.labels(self.topics["clicks"].get_topic_name()).inc(
-            len(events)
+            len(messages)
         )
-        for event in events:
-            await stream.ack(event)
 
     # -- join agent --------------------------------------------------------------------------
 
-    async def join_pack(self, stream: StreamT, event: EventT) -> None:
-        """Join one pack of clicks with the embeddings of this partition's items."""
-        pack = _PackAck(stream, event)
-        ready: list[tuple[list[Any], dict[str, Any]]] = []
+    async def join_packs(self, stream: StreamT, events: list[EventT]) -> None:
+        """Join a batch of packs (from any of this worker's item partitions) with the
+        embeddings of their items. A pack is acked once each of its clicks is done."""
+        packs = [_PackAck(stream, event) for event in events]
+        ready: dict[int, list[tuple[list[Any], dict[str, Any]]]] = defaultdict(list)
         now = time.monotonic()
-        for row in json.loads(event.value)["clicks"]:
-            item = self.worker.items.get(row[ITEM_ID].encode())
-            if item is None:
-                pack.outstanding += 1
-                self.waiting[row[ITEM_ID]].append(_Waiting(row, now, pack))
-            elif item["platform"] != row[PLATFORM]:
-                await self._dead_letter_click(
-                    row,
-                    "platform_mismatch",
-                    f"item {row[ITEM_ID][:80]!r} is listed on {item['platform']!r}, "
-                    f"the click is on {row[PLATFORM]!r}",
-                )
-            else:
-                ready.append((row, item))
-        await self._apply_joined(ready, event.message.partition)
+        for pack in packs:
+            message = pack.event.message
+            try:
+                rows = json.loads(message.value or b"")["clicks"]
+            except (ValueError, KeyError, TypeError) as exc:
+                await self.worker.dead_letter(message, "bad_pack", repr(exc))
+                continue
+            for row in rows:
+                item = self.worker.items.get(row[ITEM_ID].encode())
+                if item is None:
+                    pack.outstanding += 1
+                    self.waiting[row[ITEM_ID]].append(_Waiting(row, now, pack))
+                elif item["platform"] != row[PLATFORM]:
+                    await self._dead_letter_click(
+                        row,
+                        "platform_mismatch",
+                        f"item {row[ITEM_ID][:80]!r} is listed on {item['platform']!r}, "
+                        f"the click is on {row[PLATFORM]!r}",
+                    )
+                else:
+                    ready[message.partition].append((row, item))
+        await self._apply_joined(ready)
         self.worker.metrics.joins_waiting.set(sum(len(w) for w in self.waiting.values()))
-        await self._done(pack)
+        for pack in packs:
+            await self._done(pack)
 
     async def release(self, item_id: str, item: dict[str, Any], partition: int) -> None:
         """The listing of ``item_id`` is stored: join the clicks that waited for it."""
@@ -203,7 +221,7 @@ class ClickPath:
                 await self._dead_letter_click(
                     w.row, "platform_mismatch", f"item is listed on {item['platform']!r}"
                 )
-        await self._apply_joined(ready, partition)
+        await self._apply_joined({partition: ready})
         for w in waiting:
             await self._done(w.pack)
         self.worker.metrics.joins_waiting.set(sum(len(w) for w in self.waiting.values()))
@@ -231,71 +249,88 @@ class ClickPath:
     def forget_waiting(self) -> None:
         """On a rebalance: drop (without acking) what waits, so the new owner rereads it."""
         self.waiting.clear()
-        self._stats_index.clear()
+        self._popularity.clear()
+        self._purchases.clear()
         self.worker.metrics.joins_waiting.set(0)
 
-    async def _apply_joined(
-        self, ready: list[tuple[list[Any], dict[str, Any]]], partition: int
-    ) -> None:
-        if not ready:
-            return
-        updated: dict[str, dict[str, Any]] = {}
-        platform_of: dict[str, str] = {}
+    async def _apply_joined(self, ready: dict[int, list[tuple[list[Any], dict[str, Any]]]]) -> None:
+        """Popularity of the joined items (one summary per item partition), then the joined
+        clicks to their users' partitions (one pack per user partition)."""
         updates: dict[int, list[list[Any]]] = defaultdict(list)
-        for row, item in ready:
-            item_id = row[ITEM_ID]
-            previous = updated.get(item_id) or self.item_stats.get(item_id.encode())
-            updated[item_id] = _item_click(previous, row, self.config)
-            platform_of[item_id] = row[PLATFORM]
-            user_partition = key_partition(row[USER_ID].encode(), self.partitions)
-            updates[user_partition].append([*row[:6], item["emb"]])
-        index = self._partition_index(partition)
-        for item_id, state in updated.items():
-            self.item_stats[item_id.encode()] = state
-            index.setdefault(platform_of[item_id], {})[item_id] = state
-        for platform in set(platform_of.values()):
-            self._publish_popularity(platform, partition, index[platform])
-        for user_partition, rows in updates.items():
-            await self.topics["user_updates"].send(
-                key=PACK_KEY, value=encode_json({"updates": rows}), partition=user_partition
-            )
-        self.worker.metrics.clicks_joined.inc(len(ready))
-
-    def _partition_index(self, partition: int) -> dict[str, dict[str, dict[str, Any]]]:
-        """This partition's item statistics by platform (rebuilt from the table after a start
-        or a rebalance, then kept up to date by the writes)."""
-        index = self._stats_index.get(partition)
-        if index is None:
-            index = {}
-            for key, state in list(self.item_stats.items()):
-                if key_partition(key, self.partitions) == partition:
-                    platform = self._platform_of(key)
-                    if platform is not None:
-                        index.setdefault(platform, {})[key.decode()] = state
-            self._stats_index[partition] = index
-        return index
-
-    def _platform_of(self, item_key: bytes) -> str | None:
-        item = self.worker.items.get(item_key)
-        return None if item is None else str(item["platform"])
-
-    def _publish_popularity(
-        self, platform: str, partition: int, stats: dict[str, dict[str, Any]]
-    ) -> None:
-        """The partition's most popular items, for every worker's candidate set."""
-        clock = max(float(s["t"]) for s in stats.values())
+        weights = self.config.profile.action_weights
         half_life = self.config.popularity_half_life_s
-        top = heapq.nlargest(
-            POPULAR_PER_PARTITION,
-            stats.items(),
-            key=lambda kv: popularity_at(kv[1], clock, half_life),
-        )
-        summary = {
-            "platform": platform,
-            "clock": clock,
-            "items": {i: [popularity_at(s, clock, half_life), s["n"], s["r"]] for i, s in top},
-        }
-        self.popularity[f"{platform}\x1f{partition}".encode()] = summary
+        joined = 0
+        for partition, pairs in ready.items():
+            popularity = self._partition_summary("pop", partition, self._popularity)
+            touched: set[str] = set()
+            for row, item in pairs:
+                platform = row[PLATFORM]
+                items = popularity.setdefault(platform, {})
+                items[row[ITEM_ID]] = bump_popularity(
+                    items.get(row[ITEM_ID]), weights[row[ACTION]], row[TS], half_life
+                )
+                touched.add(platform)
+                user_partition = key_partition(row[USER_ID].encode(), self.partitions)
+                updates[user_partition].append([*row[:6], item["emb"]])
+            for platform in touched:
+                entries = popularity[platform]
+                clock = max(t for _, t in entries.values())
+                now = {i: popularity_at(e, clock, half_life) for i, e in entries.items()}
+                top = heapq.nlargest(SUMMARY_MAX_ITEMS, now.items(), key=lambda kv: kv[1])
+                self._publish("pop", platform, partition, {"clock": clock, "items": dict(top)})
+            joined += len(pairs)
+        for user_partition, rows in updates.items():
+            await self._send_packs("user_updates", "updates", user_partition, rows)
+        self.worker.metrics.clicks_joined.inc(joined)
+
+    def _partition_summary(
+        self, kind: str, partition: int, cache: dict[int, dict[str, dict[str, Any]]]
+    ) -> dict[str, dict[str, Any]]:
+        """One partition's in-memory summary by platform; after a start or a rebalance it is
+        read back from the recovered ``summaries`` table, then kept up to date here."""
+        summary = cache.get(partition)
+        if summary is None:
+            summary = {}
+            for record in list(self.summaries.values()):
+                if record["kind"] != kind or record["partition"] != partition:
+                    continue
+                if kind == "pop":
+                    clock = record["clock"]
+                    summary[record["platform"]] = {
+                        i: (v, clock) for i, v in record["items"].items()
+                    }
+                else:
+                    summary[record["platform"]] = {
+                        i: (n, r) for i, (n, r) in record["items"].items()
+                    }
+            cache[partition] = summary
+        return summary
+
+    def _publish(self, kind: str, platform: str, partition: int, record: dict[str, Any]) -> None:
+        """Write a partition summary to the owner's table and to the global replica.
+
+        Changelogged in ``partition``, so the partition's next owner recovers it.
+        """
+        record |= {"kind": kind, "platform": platform, "partition": partition}
+        key = f"{kind}\x1f{platform}\x1f{partition}".encode()
+        write_in_partition(self.summaries, partition, key, record)
+        write_in_partition(self.platform_summaries, partition, key, record)
+
+    async def _send_packs(
+        self, topic: str, field: str, partition: int, rows: list[list[Any]]
+    ) -> list[Awaitable[Any]]:
+        """Rows to one partition, at most PACK_MAX_ROWS per message (under Kafka's 1 MB);
+        returns the deliveries."""
+        sent = []
+        for start in range(0, len(rows), PACK_MAX_ROWS):
+            sent.append(
+                await self.topics[topic].send(
+                    key=PACK_KEY,
+                    value=encode_json({field: rows[start : start + PACK_MAX_ROWS]}),
+                    partition=partition,
+                )
+            )
+        return sent
 
     async def _done(self, pack: _PackAck) -> None:
         pack.outstanding -= 1
@@ -321,39 +356,67 @@ class ClickPath:
 
     # -- user agent --------------------------------------------------------------------------
 
-    def apply_user_pack(self, raw: bytes) -> tuple[int, int]:
-        """Fold a pack of joined clicks into the users' profiles; (applied, duplicates)."""
-        by_user: dict[bytes, list[list[Any]]] = defaultdict(list)
-        for row in json.loads(raw)["updates"]:
-            by_user[user_key(row[PLATFORM], row[USER_ID]).encode()].append(row)
+    async def apply_user_packs(self, stream: StreamT, events: list[EventT]) -> tuple[int, int]:
+        """Fold a batch of joined-click packs into the users' profiles; (applied, duplicates).
+
+        Each touched profile is read and written once per batch; purchases and repeat
+        purchases (an item already in the buyer's profile) are counted per item for the
+        partition's summary, written once per batch.
+        """
+        profiles: dict[bytes, list[Any]] = {}  # key -> [profile, partition, changed]
+        touched: set[tuple[int, str]] = set()
         applied = duplicates = 0
         profile_config = self.config.profile
-        for key, rows in by_user.items():
-            profile = UserProfile.from_state(self.users.get(key))
-            changed = False
+        for event in events:
+            message = event.message
+            partition = message.partition
+            try:
+                rows = json.loads(message.value or b"")["updates"]
+            except (ValueError, KeyError, TypeError) as exc:
+                await self.worker.dead_letter(message, "bad_pack", repr(exc))
+                continue
+            purchases = self._partition_summary("rep", partition, self._purchases)
             for row in rows:
-                vector = np.frombuffer(base64.b64decode(row[EMB]), dtype=np.float16).astype(
-                    np.float32
-                )
-                if profile.apply(
-                    vector,
+                key = user_key(row[PLATFORM], row[USER_ID]).encode()
+                entry = profiles.get(key)
+                if entry is None:
+                    entry = [UserProfile.from_state(self.users.get(key)), partition, False]
+                    profiles[key] = entry
+                profile: UserProfile = entry[0]
+                item_id = row[ITEM_ID]
+                repeat = item_id in profile.bought
+                vector = np.frombuffer(base64.b64decode(row[EMB]), dtype=np.float16)
+                if not profile.apply(
+                    vector.astype(np.float32),
                     action=row[ACTION],
                     ts=row[TS],
                     event_id=row[EVENT_ID],
-                    item_id=row[ITEM_ID],
+                    item_id=item_id,
                     config=profile_config,
                 ):
-                    applied += 1
-                    changed = True
-                else:
                     duplicates += 1
+                    continue
+                applied += 1
+                entry[2] = True
+                if row[ACTION] == "purchase":
+                    counts = purchases.setdefault(row[PLATFORM], {})
+                    n, r = counts.get(item_id, (0, 0))
+                    counts[item_id] = (n + 1, r + int(repeat))
+                    touched.add((partition, row[PLATFORM]))
+        for key, (profile, partition, changed) in profiles.items():
             if changed:
-                self.users[key] = profile.to_state()
+                write_in_partition(self.users, partition, key, profile.to_state())
+        for partition, platform in touched:
+            counts = self._purchases[partition][platform]
+            top = heapq.nlargest(SUMMARY_MAX_ITEMS, counts.items(), key=lambda kv: kv[1][0])
+            self._publish("rep", platform, partition, {"items": {i: list(c) for i, c in top}})
         self.worker.metrics.user_updates.inc(applied)
         if duplicates:
             self.worker.metrics.duplicates_skipped.labels(
                 self.topics["user_updates"].get_topic_name()
             ).inc(duplicates)
+        for event in events:
+            await stream.ack(event)
         return applied, duplicates
 
     # -- recommendations ---------------------------------------------------------------------
@@ -363,25 +426,29 @@ class ClickPath:
         cached = self._catalogs.get(platform)
         if cached is not None and time.monotonic() - cached.built < self.catalog_refresh_s:
             return cached
-        stats: dict[str, dict[str, Any]] = {}
-        clock = 0.0
-        for value in list(self.popularity.values()):
-            if value["platform"] != platform:
-                continue
-            clock = max(clock, float(value["clock"]))
-            for item_id, (pop, n, r) in value["items"].items():
-                stats[item_id] = {"pop": pop, "t": value["clock"], "n": n, "r": r}
+        records = [r for r in list(self.platform_summaries.values()) if r["platform"] == platform]
         rows = []
+        clock = 0.0
         for key, value in list(self.catalog.items()):
             if value["platform"] == platform:
-                emb = np.frombuffer(base64.b64decode(value["emb"]), dtype=np.float16).astype(
-                    np.float32
-                )
-                rows.append((key.decode(), emb, float(value["ts"])))
+                emb = np.frombuffer(base64.b64decode(value["emb"]), dtype=np.float16)
+                rows.append((key.decode(), emb.astype(np.float32), float(value["ts"])))
                 clock = max(clock, float(value["ts"]))
         if not rows:
             return None
-        catalog = Catalog.build(rows, stats, now=clock, config=self.config)
+        clock = max([clock] + [r["clock"] for r in records if r["kind"] == "pop"])
+        half_life = self.config.popularity_half_life_s
+        popularity: dict[str, float] = defaultdict(float)
+        purchases: dict[str, tuple[int, int]] = {}
+        for record in records:
+            if record["kind"] == "pop":
+                for item_id, value in record["items"].items():
+                    popularity[item_id] += popularity_at((value, record["clock"]), clock, half_life)
+            else:
+                for item_id, (n, r) in record["items"].items():
+                    n0, r0 = purchases.get(item_id, (0, 0))
+                    purchases[item_id] = (n0 + n, r0 + r)
+        catalog = Catalog.build(rows, popularity, purchases, now=clock, config=self.config)
         cached = _CachedCatalog(time.monotonic(), clock, catalog)
         self._catalogs[platform] = cached
         return cached
@@ -459,10 +526,82 @@ class ClickPath:
         )
 
 
-def _item_click(previous: Any, row: list[Any], config: RecommendConfig) -> dict[str, Any]:
-    return record_item_click(
-        previous, user_id=row[USER_ID], action=row[ACTION], ts=row[TS], config=config
-    )
+class ClickRouter:
+    """The first, stateless hop: clicks (keyed by user) to packs by item partition.
+
+    It reads with a plain aiokafka consumer in its own consumer group
+    (``<app_id>-click-router``), a batch of up to ``click_batch_size`` at a time, and commits
+    a batch's offsets only once its packs are delivered (at least once; the user agent
+    drops redelivered clicks by event id). Faust's stream machinery costs about 300 us of
+    CPU per event here (measured: 2,500 clicks/s with the worker's core saturated), which
+    a stateless hop that needs no table does not have to pay; the stateful hops downstream
+    read packs, a few per batch, so Faust's per-event cost is spread over hundreds of clicks.
+    """
+
+    def __init__(self, path: ClickPath) -> None:
+        self.path = path
+        self.settings = path.worker.settings
+
+    def consumer(self) -> Any:
+        from aiokafka import AIOKafkaConsumer
+
+        from metaguide.replay import kafka_client_options
+
+        settings = self.settings
+        options: dict[str, Any] = {}
+        if settings.broker_profile == "embedded":
+            # Tansu holds a JoinGroup for about half the session timeout
+            options.update(session_timeout_ms=6000, heartbeat_interval_ms=500)
+        return AIOKafkaConsumer(
+            settings.topic("clicks"),
+            bootstrap_servers=settings.broker_url.removeprefix("kafka://").replace(";", ","),
+            group_id=f"{settings.app_id}-click-router",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=settings.click_batch_size,
+            **kafka_client_options(settings),
+            **options,
+        )
+
+    async def run(self) -> None:
+        await self.path.topics["clicks"].maybe_declare()
+        consumer = self.consumer()
+        await consumer.start()
+        self.path.router_consumer = consumer
+        timeout_ms = max(1, int(self.settings.click_batch_latency_s * 1000))
+        try:
+            while True:
+                batches = await consumer.getmany(
+                    timeout_ms=timeout_ms, max_records=self.settings.click_batch_size
+                )
+                records = [r for rs in batches.values() for r in rs]
+                if not records:
+                    continue
+                try:
+                    await self.path.route_clicks(records)
+                except Exception:
+                    # not committed: the batch is read again after a seek back
+                    log.exception("routing %d clicks failed; reading them again", len(records))
+                    for tp, rs in batches.items():
+                        consumer.seek(tp, rs[0].offset)
+                    continue
+                try:
+                    await consumer.commit({tp: rs[-1].offset + 1 for tp, rs in batches.items()})
+                except Exception as exc:  # a rebalance: the new owner reads them again
+                    log.warning("commit of routed clicks failed (%r); they may be redelivered", exc)
+        finally:
+            self.path.router_consumer = None
+            await consumer.stop()
+
+
+def write_in_partition(table: Any, partition: int, key: bytes, value: Any) -> None:
+    """Set a table key and changelog it in ``partition``.
+
+    A batch holds events of several partitions, so Faust's way (the partition of the event
+    being processed) would be wrong for all but one; the partition is named instead.
+    """
+    table.data[key] = value
+    table.send_changelog(partition, key, value)
 
 
 def recommend_config(settings: Any) -> RecommendConfig:
@@ -501,38 +640,35 @@ def register_click_path(worker: Worker, raw_topic: Callable[..., Any]) -> ClickP
         worker=worker,
         config=recommend_config(settings),
         topics=topics,
-        item_stats=table("item-stats", "item_id -> decayed popularity, purchases, repeats"),
         users=table("users", "platform/user_id -> preference prototypes, recent ids, bought"),
         catalog=global_table("catalog", "item_id -> platform, base embedding (fp16), listed ts"),
-        popularity=global_table("popularity", "platform/partition -> most popular items"),
+        summaries=table("summaries", "kind/platform/partition -> item popularity or purchases"),
+        platform_summaries=global_table(
+            "platform-summaries", "kind/platform/partition -> item popularity or purchases"
+        ),
     )
 
-    @app.agent(topics["clicks"], name="clicks")
-    async def clicks_agent(stream: StreamT) -> None:
-        async for events in stream.noack_take(  # type: ignore[attr-defined]
-            settings.click_batch_size, within=settings.click_batch_latency_s
-        ):
-            await path.route_clicks(stream, events)
+    def batched(process: Callable[[StreamT, list[EventT]], Awaitable[Any]]) -> Any:
+        """An agent body: per-event reads, processed in batches, acked by ``process``."""
 
-    @app.agent(topics["clicks_by_item"], name="click-join")
-    async def join_agent(stream: StreamT) -> None:
-        manual = stream.noack()  # type: ignore[attr-defined]
-        async for event in manual.events():
-            try:
-                await path.join_pack(manual, event)
-            except Exception as exc:
-                log.exception("click pack failed")
-                await worker.dead_letter(event.message, "processing_error", repr(exc))
-                await manual.ack(event)
+        async def agent(stream: StreamT) -> None:
+            manual = stream.noack()  # type: ignore[attr-defined]
+            batches = EventBatches(
+                lambda events: _guarded(worker, manual, events, process),
+                max_size=settings.click_batch_size,
+                max_latency_s=settings.click_batch_latency_s,
+            )
+            async for event in manual.events():
+                await batches.add(event)
 
-    @app.agent(topics["user_updates"], name="user-profiles")
-    async def users_agent(stream: StreamT) -> None:
-        async for event in stream.events():
-            try:
-                path.apply_user_pack(event.value)
-            except Exception as exc:
-                log.exception("user pack failed")
-                await worker.dead_letter(event.message, "processing_error", repr(exc))
+        return agent
+
+    @app.task
+    async def click_router() -> None:
+        await ClickRouter(path).run()
+
+    app.agent(topics["clicks_by_item"], name="click-join")(batched(path.join_packs))
+    app.agent(topics["user_updates"], name="user-profiles")(batched(path.apply_user_packs))
 
     @app.agent(topics["recommendation_requests"], name="recommendation-requests")
     async def requests_agent(stream: StreamT) -> None:
@@ -546,13 +682,32 @@ def register_click_path(worker: Worker, raw_topic: Callable[..., Any]) -> ClickP
 
     app.on_partitions_revoked.connect(_forget(path))
 
+    # user-updates is partitioned like clicks (by user id) and the user's profile lives with
+    # its partition: Faust routes a request to the worker that owns that partition
     @app.page("/recommendations/{platform}/{user_id}")
-    @app.topic_route(topic=topics["clicks"], match_info="user_id")
+    @app.topic_route(topic=topics["user_updates"], match_info="user_id")
     async def recommendations(view: Any, request: Any, platform: str, user_id: str) -> Any:
         status, body = path.http_recommendations(platform, user_id, request.query.get("k", "10"))
         return view.json(body, status=status)
 
     return path
+
+
+async def _guarded(
+    worker: Worker,
+    stream: StreamT,
+    events: list[EventT],
+    process: Callable[[StreamT, list[EventT]], Awaitable[Any]],
+) -> None:
+    """Run a batch; if it fails as a whole, its events go to dead letters (not lost, and the
+    agent lives on). A shutdown cancels it: nothing is acked, so it is all redelivered."""
+    try:
+        await process(stream, events)
+    except Exception as exc:
+        log.exception("a batch of %d events failed", len(events))
+        for event in events:
+            await worker.dead_letter(event.message, "processing_error", repr(exc))
+            await stream.ack(event)
 
 
 def _forget(path: ClickPath) -> Callable[..., Any]:

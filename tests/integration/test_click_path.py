@@ -176,8 +176,12 @@ async def test_a_click_before_its_listing_is_applied_when_the_listing_arrives(
     )
     await wait_until(lambda: _user_clicks(worker, "early") == 1, 60, "the click applied")
     assert not worker.clicks.waiting
-    stats = worker.clicks.item_stats[early.item_id.encode()]
-    assert stats["pop"] > 0
+    popular = [
+        record["items"]
+        for record in worker.clicks.summaries.values()
+        if record["kind"] == "pop" and early.item_id in record["items"]
+    ]
+    assert len(popular) == 1 and popular[0][early.item_id] > 0
 
 
 async def test_a_click_on_an_item_never_listed_ends_on_the_dead_letter_topic(

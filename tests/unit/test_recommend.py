@@ -13,7 +13,13 @@ from hypothesis import strategies as st
 from metaguide.errors import SchemaViolation
 from metaguide.evaluate import ranking_metrics
 from metaguide.events import decode_recommendation_request, parse_k
-from metaguide.recommend import Catalog, RecommendConfig, recommend, record_item_click
+from metaguide.recommend import (
+    Catalog,
+    RecommendConfig,
+    bump_popularity,
+    popularity_at,
+    recommend,
+)
 from metaguide.retail import click_events, load_online_retail
 from metaguide.users import ProfileConfig, UserProfile
 
@@ -80,19 +86,29 @@ def test_state_round_trips_through_json(clicks: list[tuple[int, str]]) -> None:
     assert len(again.sums) <= ProfileConfig().max_prototypes
 
 
-def _catalog(stats: dict[str, dict[str, object]] | None = None, now: float = 1e9) -> Catalog:
+def _catalog(
+    popularity: dict[str, float] | None = None,
+    purchases: dict[str, tuple[int, int]] | None = None,
+    now: float = 1e9,
+) -> Catalog:
     items = [(f"i{i}", unit(i), now - i * DAY) for i in range(D)]
-    return Catalog.build(items, stats or {}, now=now, config=RecommendConfig())
+    return Catalog.build(
+        items, popularity or {}, purchases or {}, now=now, config=RecommendConfig()
+    )
+
+
+def test_popularity_decays_and_late_events_count_less() -> None:
+    half = RecommendConfig().popularity_half_life_s
+    entry = bump_popularity(None, 2.0, 1e9, half)
+    entry = bump_popularity(entry, 2.0, 1e9 + half, half)
+    assert popularity_at(entry, 1e9 + half, half) == pytest.approx(3.0)
+    late = bump_popularity(entry, 2.0, 1e9, half)  # an event older than the last one
+    assert late[1] == 1e9 + half and popularity_at(late, 1e9 + half, half) == pytest.approx(4.0)
 
 
 def test_cold_user_gets_the_prior_and_clicks_move_to_their_taste() -> None:
     config = RecommendConfig()
-    stats = {}
-    for n in range(20):  # i3 is popular
-        stats["i3"] = record_item_click(
-            stats.get("i3"), user_id=f"u{n}", action="click", ts=1e9, config=config
-        )
-    catalog = _catalog(stats)
+    catalog = _catalog({"i3": 40.0, "i7": 1.0})
     cold = recommend(UserProfile(), catalog, 3, now=1e9, config=config)
     assert cold[0][0] == "i3"
     profile = UserProfile()
@@ -103,27 +119,19 @@ def test_cold_user_gets_the_prior_and_clicks_move_to_their_taste() -> None:
 
 def test_bought_items_are_left_out_unless_repeats_are_their_norm() -> None:
     config = RecommendConfig()
-    stats = {}
-    for n in range(4):  # i2: every buyer buys it again
-        for _ in range(2):
-            stats["i2"] = record_item_click(
-                stats.get("i2"), user_id=f"u{n}", action="purchase", ts=1e9, config=config
-            )
     profile = UserProfile()
     apply(profile, unit(1), 1, action="purchase", item_id="i1")
     apply(profile, unit(2), 2, action="purchase", item_id="i2")
-    top = [i for i, _ in recommend(profile, _catalog(stats), D, now=1e9, config=config)]
+    # i2: 8 purchases, 4 of them repeats; i1: 8 purchases, 1 repeat
+    catalog = _catalog(purchases={"i1": (8, 1), "i2": (8, 4)})
+    top = [i for i, _ in recommend(profile, catalog, D, now=1e9, config=config)]
     assert "i1" not in top and "i2" in top and len(top) == D - 1
 
 
 def test_candidates_are_bounded_to_the_popular_and_the_newest() -> None:
     config = RecommendConfig(max_popular=2, max_newest=3)
-    stats = {
-        f"i{i}": record_item_click(None, user_id="u", action="view", ts=1e9, config=config)
-        for i in (10, 12)
-    }
     items = [(f"i{i}", unit(i), 1e9 - i * DAY) for i in range(D)]
-    catalog = Catalog.build(items, stats, now=1e9, config=config)
+    catalog = Catalog.build(items, {"i10": 2.0, "i12": 1.0}, {}, now=1e9, config=config)
     assert sorted(catalog.item_ids) == ["i0", "i1", "i10", "i12", "i2"]
 
 
