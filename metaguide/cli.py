@@ -48,6 +48,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from metaguide.replay import kafka_client_options, produce_events
 
     settings = Settings.from_env()
+    if args.dataset == "online-retail":
+        return _replay_retail(args, settings)
     if args.dataset == "myntra-sample":
         path = SAMPLE_FILE
     else:
@@ -67,6 +69,32 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         )
     )
     print(f"sent {sent} listings ({len(split.labelled)} labelled) to {settings.topic('listings')}")
+    return 0
+
+
+def _replay_retail(args: argparse.Namespace, settings: Settings) -> int:
+    """Online Retail: every product as a listing, then the purchases in invoice-date order."""
+    from metaguide.replay import kafka_client_options, produce_events
+    from metaguide.retail import RETAIL_FILE, click_events, listing_events, load_online_retail
+
+    data = load_online_retail(Path(args.data_dir or settings.data_dir) / RETAIL_FILE)
+    clicks = click_events(data)[: args.max_clicks]
+    bootstrap = args.bootstrap or settings.broker_url.removeprefix("kafka://")
+    options = kafka_client_options(settings)
+    listings = asyncio.run(
+        produce_events(
+            bootstrap,
+            settings.topic("listings"),
+            listing_events(data),
+            key_field="item_id",
+            **options,
+        )
+    )
+    sent = asyncio.run(
+        produce_events(bootstrap, settings.topic("clicks"), clicks, key_field="user_id", **options)
+    )
+    skipped = ", ".join(f"{k} {v}" for k, v in sorted(data.skipped.items()) if v)
+    print(f"sent {listings} listings and {sent} purchase clicks; rows left out: {skipped}")
     return 0
 
 
@@ -120,12 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("replay", help="produce a data set's listings to a broker's topics")
-    p.add_argument("dataset", choices=["myntra", "myntra-sample"])
+    p.add_argument("dataset", choices=["myntra", "myntra-sample", "online-retail"])
     p.add_argument("--bootstrap", help="host:port (default: METAGUIDE_BROKER_URL)")
     p.add_argument("--data-dir", help="folder of the data sets (default: METAGUIDE_DATA_DIR)")
     p.add_argument("--shots", type=int, default=5)
     p.add_argument("--max-test", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-clicks", type=int, default=None, help="online-retail: first N")
     p.set_defaults(func=_cmd_replay)
 
     p = sub.add_parser("eval", help="offline evaluations on the real data sets")
