@@ -121,8 +121,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             broker.bootstrap, settings.topic("listings"), listings, key_field="item_id"
         )
         await wait_until(
-            lambda: len(lister.items) >= len(listings)
-            and not lister.app.consumer._unacked_messages,
+            lambda: (
+                len(lister.items) >= len(listings) and not lister.app.consumer._unacked_messages
+            ),
             900,
             "the listings",
         )
