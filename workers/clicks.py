@@ -74,9 +74,9 @@ log = logging.getLogger("metaguide.clicks")
 PACK_KEY = b"pack"
 # rows of a clicks-by-item pack
 EVENT_ID, PLATFORM, USER_ID, ITEM_ID, ACTION, TS, SRC_PARTITION, SRC_OFFSET, RAW = range(9)
-# rows of a user-updates pack: the first six as above, then the item's fp16 embedding
-EMB = 6
-PACK_MAX_ROWS = 500  # a joined row carries a 384-d fp16 embedding: about 1.1 kB of JSON
+# rows of a user-updates pack: the first six as above; the pack carries each item's fp16
+# embedding once, in "embs"
+PACK_MAX_ROWS = 500  # with every item's 384-d fp16 embedding: at most about 0.6 MB of JSON
 SUMMARY_MAX_ITEMS = 5000  # per platform and partition: the most popular / most purchased
 
 
@@ -257,6 +257,7 @@ class ClickPath:
         """Popularity of the joined items (one summary per item partition), then the joined
         clicks to their users' partitions (one pack per user partition)."""
         updates: dict[int, list[list[Any]]] = defaultdict(list)
+        embeddings: dict[str, str] = {}
         weights = self.config.profile.action_weights
         half_life = self.config.popularity_half_life_s
         joined = 0
@@ -271,7 +272,8 @@ class ClickPath:
                 )
                 touched.add(platform)
                 user_partition = key_partition(row[USER_ID].encode(), self.partitions)
-                updates[user_partition].append([*row[:6], item["emb"]])
+                updates[user_partition].append(row[:6])
+                embeddings[row[ITEM_ID]] = item["emb"]
             for platform in touched:
                 entries = popularity[platform]
                 clock = max(t for _, t in entries.values())
@@ -280,7 +282,14 @@ class ClickPath:
                 self._publish("pop", platform, partition, {"clock": clock, "items": dict(top)})
             joined += len(pairs)
         for user_partition, rows in updates.items():
-            await self._send_packs("user_updates", "updates", user_partition, rows)
+            for start in range(0, len(rows), PACK_MAX_ROWS):
+                chunk = rows[start : start + PACK_MAX_ROWS]
+                embs = {row[ITEM_ID]: embeddings[row[ITEM_ID]] for row in chunk}
+                await self.topics["user_updates"].send(
+                    key=PACK_KEY,
+                    value=encode_json({"updates": chunk, "embs": embs}),
+                    partition=user_partition,
+                )
         self.worker.metrics.clicks_joined.inc(joined)
 
     def _partition_summary(
@@ -371,11 +380,13 @@ class ClickPath:
             message = event.message
             partition = message.partition
             try:
-                rows = json.loads(message.value or b"")["updates"]
+                pack = json.loads(message.value or b"")
+                rows, embs = pack["updates"], pack["embs"]
             except (ValueError, KeyError, TypeError) as exc:
                 await self.worker.dead_letter(message, "bad_pack", repr(exc))
                 continue
             purchases = self._partition_summary("rep", partition, self._purchases)
+            vectors: dict[str, np.ndarray] = {}
             for row in rows:
                 key = user_key(row[PLATFORM], row[USER_ID]).encode()
                 entry = profiles.get(key)
@@ -385,9 +396,12 @@ class ClickPath:
                 profile: UserProfile = entry[0]
                 item_id = row[ITEM_ID]
                 repeat = item_id in profile.bought
-                vector = np.frombuffer(base64.b64decode(row[EMB]), dtype=np.float16)
+                vector = vectors.get(item_id)
+                if vector is None:
+                    raw = base64.b64decode(embs[item_id])
+                    vector = vectors[item_id] = np.frombuffer(raw, np.float16).astype(np.float32)
                 if not profile.apply(
-                    vector.astype(np.float32),
+                    vector,
                     action=row[ACTION],
                     ts=row[TS],
                     event_id=row[EVENT_ID],
