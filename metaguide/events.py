@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from metaguide.errors import SchemaViolation
 
 __all__ = [
@@ -24,6 +26,8 @@ __all__ = [
     "check_user_id",
     "decode_recommendation_request",
     "parse_k",
+    "vector_from_b64",
+    "vector_to_b64",
     "ListingEvent",
     "ClickEvent",
     "decode_listing",
@@ -337,6 +341,16 @@ def dead_letter_record(
         "detail": detail[:2000],
         "ts": time.time(),
     }
+
+
+def vector_to_b64(vec: Any, dtype: type = np.float16) -> str:
+    """A vector as base64 of its raw bytes (fp16 by default), for tables and internal topics."""
+    return base64.b64encode(np.asarray(vec, dtype=dtype).tobytes()).decode("ascii")
+
+
+def vector_from_b64(data: str, dtype: type = np.float16) -> np.ndarray:
+    """Inverse of :func:`vector_to_b64`: a new float32 array."""
+    return np.frombuffer(base64.b64decode(data), dtype=dtype).astype(np.float32)
 
 
 def encode_json(record: dict[str, Any]) -> bytes:

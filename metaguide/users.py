@@ -14,12 +14,13 @@ The state is a plain JSON-able dict so a Faust table can hold and changelog it.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from metaguide.events import vector_from_b64, vector_to_b64
 
 __all__ = ["DEFAULT_ACTION_WEIGHTS", "ProfileConfig", "UserProfile", "user_key"]
 
@@ -46,14 +47,6 @@ class ProfileConfig:
     )
     recent_ids: int = 64
     max_bought: int = 256
-
-
-def _encode(vec: np.ndarray) -> str:
-    return base64.b64encode(np.asarray(vec, dtype=np.float32).tobytes()).decode("ascii")
-
-
-def _decode(data: str) -> np.ndarray:
-    return np.frombuffer(base64.b64decode(data), dtype=np.float32).copy()
 
 
 class UserProfile:
@@ -141,7 +134,7 @@ class UserProfile:
     def to_state(self) -> dict[str, Any]:
         return {
             "p": [
-                {"s": _encode(s), "w": w, "t": t}
+                {"s": vector_to_b64(s, np.float32), "w": w, "t": t}
                 for s, w, t in zip(self.sums, self.weights, self.times, strict=True)
             ],
             "n": self.clicks,
@@ -156,7 +149,7 @@ class UserProfile:
         if not state:
             return profile
         for p in state["p"]:
-            profile.sums.append(_decode(p["s"]))
+            profile.sums.append(vector_from_b64(p["s"], np.float32))
             profile.weights.append(float(p["w"]))
             profile.times.append(float(p["t"]))
         profile.clicks = int(state["n"])

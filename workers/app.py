@@ -10,7 +10,6 @@ Listing path (``listings`` topic, keyed by item id):
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import time
@@ -32,6 +31,8 @@ from metaguide.events import (
     dead_letter_record,
     decode_listing,
     encode_json,
+    vector_from_b64,
+    vector_to_b64,
 )
 from metaguide.metrics import Metrics
 from metaguide.prototypes import CategoryPrototypes, prototype_key
@@ -113,15 +114,6 @@ def _credentials(settings: Settings) -> Any:
     )
 
 
-def _vector_to_b64(vec: np.ndarray, dtype: type = np.float16) -> str:
-    return base64.b64encode(np.asarray(vec, dtype=dtype).tobytes()).decode("ascii")
-
-
-def vector_from_b64(data: str, dtype: type = np.float16) -> np.ndarray:
-    """Inverse of the encoding used in tables and internal topics."""
-    return np.frombuffer(base64.b64decode(data), dtype=dtype).astype(np.float32)
-
-
 class StrKeys(MutableMapping[str, Any]):
     """A str-keyed view of a bytes-keyed Faust table (UTF-8)."""
 
@@ -197,7 +189,7 @@ class Worker:
         item = {
             "platform": listing.platform,
             "category": listing.category,
-            "emb": _vector_to_b64(vector),
+            "emb": vector_to_b64(vector),
             "ts": listing.ts,
         }
         self.items[listing.item_id.encode()] = item
@@ -214,7 +206,7 @@ class Worker:
                         "event_id": listing.event_id,
                         "platform": listing.platform,
                         "category": listing.category,
-                        "emb": _vector_to_b64(vector, np.float32),
+                        "emb": vector_to_b64(vector, np.float32),
                     }
                 ),
             )

@@ -29,7 +29,6 @@ embedding) and ``platform-summaries`` (every partition's summaries, published by
 
 from __future__ import annotations
 
-import base64
 import heapq
 import json
 import logging
@@ -53,6 +52,7 @@ from metaguide.events import (
     decode_recommendation_request,
     encode_json,
     parse_k,
+    vector_from_b64,
 )
 from metaguide.recommend import (
     Catalog,
@@ -130,7 +130,6 @@ class ClickPath:
     _popularity: dict[int, dict[str, dict[str, tuple[float, float]]]] = field(default_factory=dict)
     _purchases: dict[int, dict[str, dict[str, tuple[int, int]]]] = field(default_factory=dict)
     _catalogs: dict[str, _CachedCatalog] = field(default_factory=dict)
-    router_consumer: Any = None
 
     @property
     def partitions(self) -> int:
@@ -398,8 +397,7 @@ class ClickPath:
                 repeat = item_id in profile.bought
                 vector = vectors.get(item_id)
                 if vector is None:
-                    raw = base64.b64decode(embs[item_id])
-                    vector = vectors[item_id] = np.frombuffer(raw, np.float16).astype(np.float32)
+                    vector = vectors[item_id] = vector_from_b64(embs[item_id])
                 if not profile.apply(
                     vector,
                     action=row[ACTION],
@@ -445,8 +443,7 @@ class ClickPath:
         clock = 0.0
         for key, value in list(self.catalog.items()):
             if value["platform"] == platform:
-                emb = np.frombuffer(base64.b64decode(value["emb"]), dtype=np.float16)
-                rows.append((key.decode(), emb.astype(np.float32), float(value["ts"])))
+                rows.append((key.decode(), vector_from_b64(value["emb"]), float(value["ts"])))
                 clock = max(clock, float(value["ts"]))
         if not rows:
             return None
@@ -581,7 +578,6 @@ class ClickRouter:
         await self.path.topics["clicks"].maybe_declare()
         consumer = self.consumer()
         await consumer.start()
-        self.path.router_consumer = consumer
         timeout_ms = max(1, int(self.settings.click_batch_latency_s * 1000))
         try:
             while True:
@@ -604,7 +600,6 @@ class ClickRouter:
                 except Exception as exc:  # a rebalance: the new owner reads them again
                     log.warning("commit of routed clicks failed (%r); they may be redelivered", exc)
         finally:
-            self.path.router_consumer = None
             await consumer.stop()
 
 
