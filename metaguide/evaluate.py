@@ -36,6 +36,7 @@ from metaguide.recommend import (
     Catalog,
     RecommendConfig,
     bump_popularity,
+    exclude_bought,
     popularity_at,
     recommend,
 )
@@ -180,10 +181,8 @@ def evaluate_split(
 
     def masked_top(scores: np.ndarray, user: str) -> list[str]:
         scores = scores.copy()
-        for item in profiles[user].bought if user in profiles else ():
-            i = catalog.index.get(item)
-            if i is not None and not catalog.repeatable[i]:
-                scores[i] = -np.inf
+        if user in profiles:
+            exclude_bought(scores, profiles[user], catalog)
         top = np.argsort(-scores, kind="stable")[:k]
         return [catalog.item_ids[i] for i in top if np.isfinite(scores[i])]
 

@@ -28,8 +28,10 @@ __all__ = [
     "RecommendConfig",
     "is_repeatable",
     "bump_popularity",
+    "exclude_bought",
     "popularity_at",
     "recommend",
+    "user_weight",
 ]
 
 
@@ -121,6 +123,19 @@ class Catalog:
         return len(self.item_ids)
 
 
+def user_weight(clicks: int, config: RecommendConfig) -> float:
+    """Share of the score that comes from the user's own prototypes (the rest: the prior)."""
+    return min(clicks / (clicks + config.blend_clicks), config.max_user_weight)
+
+
+def exclude_bought(scores: np.ndarray, profile: UserProfile, catalog: Catalog) -> None:
+    """Set -inf (in place) for what the user bought, unless buying it again is its norm."""
+    for item_id in profile.bought:
+        i = catalog.index.get(item_id)
+        if i is not None and not catalog.repeatable[i]:
+            scores[i] = -np.inf
+
+
 def recommend(
     profile: UserProfile,
     catalog: Catalog,
@@ -142,12 +157,9 @@ def recommend(
         shares = weights / max(float(weights.sum()), 1e-12)
         penalty = config.weak_prototype_penalty * np.log(np.maximum(shares, 1e-6))
         affinity = (items @ protos.T + penalty[None, :]).max(axis=1)
-        alpha = min(profile.clicks / (profile.clicks + config.blend_clicks), config.max_user_weight)
+        alpha = user_weight(profile.clicks, config)
         scores = alpha * affinity + (1 - alpha) * scores
-    for item_id in profile.bought:
-        i = catalog.index.get(item_id)
-        if i is not None and not catalog.repeatable[i]:
-            scores[i] = -np.inf
+    exclude_bought(scores, profile, catalog)
     k = min(k, int(np.isfinite(scores).sum()))
     if k <= 0:
         return []

@@ -60,6 +60,7 @@ from metaguide.recommend import (
     bump_popularity,
     popularity_at,
     recommend,
+    user_weight,
 )
 from metaguide.users import UserProfile, user_key
 from workers.batches import EventBatches
@@ -472,16 +473,14 @@ class ClickPath:
         profile = UserProfile.from_state(self.users.get(user_key(platform, user_id).encode()))
         now = max(cached.clock, profile.last_ts)
         top = recommend(profile, cached.catalog, k, now=now, config=self.config)
-        clicks = profile.clicks
-        weight = min(clicks / (clicks + self.config.blend_clicks), self.config.max_user_weight)
         return {
             "schema": "recommendation.v1",
             "platform": platform,
             "user_id": user_id,
             "items": [{"item_id": i, "score": round(s, 6)} for i, s in top],
             "model_version": self.worker.model_version,
-            "clicks": clicks,
-            "user_weight": round(weight, 4),
+            "clicks": profile.clicks,
+            "user_weight": round(user_weight(profile.clicks, self.config), 4),
             "served_by": str(self.worker.app.conf.canonical_url).rstrip("/"),
             "ts": time.time(),
         }
