@@ -34,7 +34,7 @@ import json
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -165,7 +165,9 @@ class ClickPath:
             packs[key_partition(click.item_id.encode(), self.partitions)].append(row)
         sent = []
         for partition, rows in packs.items():
-            sent += await self._send_packs("clicks_by_item", "clicks", partition, rows)
+            sent += await self._send_packs(
+                "clicks_by_item", partition, ({"clicks": chunk} for chunk in _chunks(rows))
+            )
         for delivery in sent:
             await delivery
         for action, n in actions.items():
@@ -282,14 +284,14 @@ class ClickPath:
                 self._publish("pop", platform, partition, {"clock": clock, "items": dict(top)})
             joined += len(pairs)
         for user_partition, rows in updates.items():
-            for start in range(0, len(rows), PACK_MAX_ROWS):
-                chunk = rows[start : start + PACK_MAX_ROWS]
-                embs = {row[ITEM_ID]: embeddings[row[ITEM_ID]] for row in chunk}
-                await self.topics["user_updates"].send(
-                    key=PACK_KEY,
-                    value=encode_json({"updates": chunk, "embs": embs}),
-                    partition=user_partition,
-                )
+            await self._send_packs(
+                "user_updates",
+                user_partition,
+                (
+                    {"updates": chunk, "embs": {r[ITEM_ID]: embeddings[r[ITEM_ID]] for r in chunk}}
+                    for chunk in _chunks(rows)
+                ),
+            )
         self.worker.metrics.clicks_joined.inc(joined)
 
     def _partition_summary(
@@ -326,20 +328,15 @@ class ClickPath:
         write_in_partition(self.platform_summaries, partition, key, record)
 
     async def _send_packs(
-        self, topic: str, field: str, partition: int, rows: list[list[Any]]
+        self, topic: str, partition: int, packs: Iterable[dict[str, Any]]
     ) -> list[Awaitable[Any]]:
-        """Rows to one partition, at most PACK_MAX_ROWS per message (under Kafka's 1 MB);
-        returns the deliveries."""
-        sent = []
-        for start in range(0, len(rows), PACK_MAX_ROWS):
-            sent.append(
-                await self.topics[topic].send(
-                    key=PACK_KEY,
-                    value=encode_json({field: rows[start : start + PACK_MAX_ROWS]}),
-                    partition=partition,
-                )
+        """Packs to one partition of an internal topic; returns the deliveries."""
+        return [
+            await self.topics[topic].send(
+                key=PACK_KEY, value=encode_json(pack), partition=partition
             )
-        return sent
+            for pack in packs
+        ]
 
     async def _done(self, pack: _PackAck) -> None:
         pack.outstanding -= 1
@@ -600,6 +597,12 @@ class ClickRouter:
                     log.warning("commit of routed clicks failed (%r); they may be redelivered", exc)
         finally:
             await consumer.stop()
+
+
+def _chunks(rows: list[list[Any]]) -> Iterator[list[list[Any]]]:
+    """At most PACK_MAX_ROWS rows per pack, so a pack stays under Kafka's 1 MB."""
+    for start in range(0, len(rows), PACK_MAX_ROWS):
+        yield rows[start : start + PACK_MAX_ROWS]
 
 
 def write_in_partition(table: Any, partition: int, key: bytes, value: Any) -> None:
