@@ -1,0 +1,258 @@
+"""Model snapshots: safetensors weights plus a JSON manifest, in a store, announced on Kafka.
+
+A snapshot holds the meta-learned adapter initialisation and, for each platform that had
+labelled listings, that platform's adapted weights. Files (never pickle):
+
+- ``adapter.safetensors``: tensors ``init.u``, ``init.v`` and ``p<i>.u``, ``p<i>.v``;
+- ``manifest.json``: version, encoder id and dim, adapter shape, the platforms and their
+  tensor prefixes, the training data window and config, the evaluation figures, and the
+  sha256 of the weights file.
+
+The announcement on the compacted ``snapshots`` topic (key: the model name) carries the
+version, the store URI and the sha256 of the manifest, which in turn pins the weights: a
+worker that checks both reads exactly the bytes the trainer wrote, or refuses the snapshot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+
+from metaguide.errors import MetaguideError
+from metaguide.meta import Adapter
+
+__all__ = [
+    "FORMAT",
+    "MODEL_NAME",
+    "FolderStore",
+    "Snapshot",
+    "SnapshotError",
+    "SnapshotStore",
+    "announcement",
+    "build_snapshot",
+    "load_snapshot",
+    "parse_announcement",
+    "sha256",
+]
+
+FORMAT = "metaguide.snapshot.v1"
+MODEL_NAME = "adapter"
+WEIGHTS = "adapter.safetensors"
+MANIFEST = "manifest.json"
+
+
+class SnapshotError(MetaguideError):
+    """A snapshot that cannot be used; ``reason`` is a short label for metrics."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class Snapshot:
+    """A loaded, verified snapshot: what a worker serves with."""
+
+    version: str
+    init: Adapter
+    platforms: dict[str, Adapter] = field(default_factory=dict)
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    def adapter_for(self, platform: str) -> Adapter:
+        """The platform's adapted weights, or the meta-learned initialisation."""
+        return self.platforms.get(platform, self.init)
+
+
+# --------------------------------------------------------------------------- stores
+
+
+class SnapshotStore(Protocol):
+    """Where snapshot files live. A folder here; an object store fits the same three calls."""
+
+    def put(self, model: str, version: int, files: Mapping[str, bytes]) -> str:
+        """Write the files of one version; returns its URI."""
+        ...
+
+    def read(self, uri: str, name: str) -> bytes: ...
+
+    def versions(self, model: str) -> list[int]: ...
+
+
+class FolderStore:
+    """``<root>/<model>/<version>/<file>``; a version is written to a temporary folder first
+    and renamed into place, so a reader never sees half a snapshot."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def put(self, model: str, version: int, files: Mapping[str, bytes]) -> str:
+        final = self.root / model / str(version)
+        if final.exists():
+            raise SnapshotError("version_exists", f"{final} already exists")
+        tmp = self.root / model / f".{version}.tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        tmp.rename(final)
+        return final.resolve().as_uri()
+
+    def read(self, uri: str, name: str) -> bytes:
+        parsed = urlparse(uri)
+        if parsed.scheme != "file":
+            raise SnapshotError("bad_uri", f"a folder store reads file:// URIs, got {uri!r}")
+        path = Path(unquote(parsed.path)) / name
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise SnapshotError("unreadable", f"{path}: {exc.strerror or exc}") from exc
+
+    def versions(self, model: str) -> list[int]:
+        folder = self.root / model
+        if not folder.is_dir():
+            return []
+        return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+
+    def uri(self, model: str, version: int) -> str:
+        return (self.root / model / str(version)).resolve().as_uri()
+
+
+# --------------------------------------------------------------------------- build, load
+
+
+def build_snapshot(
+    init: Adapter,
+    platforms: Mapping[str, Adapter],
+    *,
+    version: int,
+    encoder_id: str,
+    data_window: Mapping[str, Any],
+    training: Mapping[str, Any],
+    evaluation: Mapping[str, Any],
+    parent: int | None = None,
+) -> dict[str, bytes]:
+    """The files of a snapshot, ready for :meth:`SnapshotStore.put`."""
+    tensors = {"init.u": init.u, "init.v": init.v}
+    prefixes = {}
+    for i, (platform, adapter) in enumerate(sorted(platforms.items())):
+        if (adapter.dim, adapter.rank) != (init.dim, init.rank):
+            raise ValueError(f"platform {platform!r}: adapter shape differs from the init")
+        prefixes[platform] = f"p{i}"
+        tensors[f"p{i}.u"], tensors[f"p{i}.v"] = adapter.u, adapter.v
+    weights = st_save({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()})
+    manifest = {
+        "format": FORMAT,
+        "model": MODEL_NAME,
+        "version": version,
+        "parent": parent,
+        "created_at": time.time(),
+        "encoder": {"id": encoder_id, "dim": init.dim},
+        "adapter": {"kind": "lowrank-identity", "dim": init.dim, "rank": init.rank},
+        "platforms": prefixes,
+        "data_window": dict(data_window),
+        "training": dict(training),
+        "evaluation": dict(evaluation),
+        "weights": {"file": WEIGHTS, "sha256": sha256(weights)},
+    }
+    return {WEIGHTS: weights, MANIFEST: json.dumps(manifest, indent=2, sort_keys=True).encode()}
+
+
+def load_snapshot(
+    store: SnapshotStore,
+    uri: str,
+    manifest_sha256: str,
+    *,
+    encoder_id: str | None = None,
+    dim: int | None = None,
+) -> Snapshot:
+    """Read, verify and load a snapshot; :class:`SnapshotError` says why one is refused."""
+    raw_manifest = store.read(uri, MANIFEST)
+    if sha256(raw_manifest) != manifest_sha256:
+        raise SnapshotError(
+            "checksum_mismatch",
+            f"manifest sha256 {sha256(raw_manifest)[:12]} != announced {manifest_sha256[:12]}",
+        )
+    try:
+        manifest = json.loads(raw_manifest)
+    except ValueError as exc:
+        raise SnapshotError("bad_manifest", str(exc)) from exc
+    if manifest.get("format") != FORMAT:
+        raise SnapshotError("bad_manifest", f"format {manifest.get('format')!r}, want {FORMAT}")
+    weights = store.read(uri, manifest["weights"]["file"])
+    if sha256(weights) != manifest["weights"]["sha256"]:
+        raise SnapshotError(
+            "checksum_mismatch",
+            f"weights sha256 {sha256(weights)[:12]} != manifest "
+            f"{manifest['weights']['sha256'][:12]}",
+        )
+    if encoder_id is not None and manifest["encoder"]["id"] != encoder_id:
+        raise SnapshotError(
+            "encoder_mismatch",
+            f"snapshot for encoder {manifest['encoder']['id']!r}, worker runs {encoder_id!r}",
+        )
+    shape = (manifest["adapter"]["dim"], manifest["adapter"]["rank"])
+    if dim is not None and shape[0] != dim:
+        raise SnapshotError("shape_mismatch", f"adapter dim {shape[0]}, encoder dim {dim}")
+    try:
+        tensors = st_load(weights)
+    except Exception as exc:  # safetensors raises its own error types
+        raise SnapshotError("bad_weights", f"{type(exc).__name__}: {exc}") from exc
+
+    def adapter(prefix: str) -> Adapter:
+        try:
+            u, v = tensors[f"{prefix}.u"], tensors[f"{prefix}.v"]
+        except KeyError as exc:
+            raise SnapshotError("bad_weights", f"missing tensor {exc}") from exc
+        if u.shape != shape or v.shape != shape:
+            raise SnapshotError("shape_mismatch", f"{prefix}: {u.shape}, {v.shape} != {shape}")
+        if not (np.isfinite(u).all() and np.isfinite(v).all()):
+            raise SnapshotError("bad_weights", f"{prefix}: non-finite values")
+        return Adapter(u.astype(np.float32), v.astype(np.float32))
+
+    platforms = {p: adapter(prefix) for p, prefix in manifest["platforms"].items()}
+    return Snapshot(str(manifest["version"]), adapter("init"), platforms, manifest)
+
+
+# --------------------------------------------------------------------------- announcements
+
+
+def announcement(
+    version: int, uri: str, manifest: bytes, *, action: str = "publish", metrics: Any = None
+) -> dict[str, Any]:
+    """The value of a ``snapshots`` record (key: the model name)."""
+    return {
+        "model": MODEL_NAME,
+        "version": version,
+        "uri": uri,
+        "sha256": sha256(manifest),
+        "action": action,
+        "metrics": metrics or {},
+        "created_at": time.time(),
+    }
+
+
+def parse_announcement(raw: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise SnapshotError("bad_announcement", f"not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise SnapshotError("bad_announcement", "not a JSON object")
+    for name, kind in (("model", str), ("version", int), ("uri", str), ("sha256", str)):
+        if not isinstance(value.get(name), kind):
+            raise SnapshotError("bad_announcement", f"{name} missing or not {kind.__name__}")
+    return value

@@ -1,0 +1,106 @@
+"""Snapshot files, the folder store, verification and refusal."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from metaguide.meta import Adapter
+from metaguide.snapshots import (
+    MANIFEST,
+    MODEL_NAME,
+    WEIGHTS,
+    FolderStore,
+    SnapshotError,
+    announcement,
+    build_snapshot,
+    load_snapshot,
+    parse_announcement,
+    sha256,
+)
+
+
+def trained(dim: int = 8, rank: int = 2, seed: int = 0) -> Adapter:
+    gen = np.random.default_rng(seed)
+    return Adapter(
+        gen.standard_normal((dim, rank)).astype(np.float32),
+        gen.standard_normal((dim, rank)).astype(np.float32),
+    )
+
+
+def publish(store: FolderStore, version: int = 1) -> dict[str, object]:
+    files = build_snapshot(
+        trained(),
+        {"shop-a": trained(seed=1)},
+        version=version,
+        encoder_id="enc",
+        data_window={"examples": 10},
+        training={"rank": 2},
+        evaluation={"meta_val_accuracy": 0.9},
+    )
+    uri = store.put(MODEL_NAME, version, files)
+    return announcement(version, uri, files[MANIFEST])
+
+
+def test_round_trip_keeps_every_weight_and_the_platforms(tmp_path: Path) -> None:
+    store = FolderStore(tmp_path)
+    ann = parse_announcement(json.dumps(publish(store)).encode())
+    snap = load_snapshot(store, ann["uri"], ann["sha256"], encoder_id="enc", dim=8)
+    assert snap.version == "1"
+    np.testing.assert_array_equal(snap.init.u, trained().u)
+    np.testing.assert_array_equal(snap.adapter_for("shop-a").v, trained(seed=1).v)
+    assert snap.adapter_for("unknown-shop") is snap.init
+    assert store.versions(MODEL_NAME) == [1]
+    with pytest.raises(SnapshotError, match="version_exists"):
+        publish(store)
+
+
+@pytest.mark.parametrize("target", [WEIGHTS, MANIFEST])
+def test_a_tampered_file_is_refused(tmp_path: Path, target: str) -> None:
+    store = FolderStore(tmp_path)
+    ann = publish(store)
+    path = tmp_path / MODEL_NAME / "1" / target
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(SnapshotError) as err:
+        load_snapshot(store, str(ann["uri"]), str(ann["sha256"]))
+    assert err.value.reason == "checksum_mismatch"
+
+
+def test_wrong_encoder_and_missing_files_are_refused(tmp_path: Path) -> None:
+    store = FolderStore(tmp_path)
+    ann = publish(store)
+    with pytest.raises(SnapshotError, match="encoder_mismatch"):
+        load_snapshot(store, str(ann["uri"]), str(ann["sha256"]), encoder_id="other")
+    with pytest.raises(SnapshotError, match="shape_mismatch"):
+        load_snapshot(store, str(ann["uri"]), str(ann["sha256"]), dim=384)
+    (tmp_path / MODEL_NAME / "1" / WEIGHTS).unlink()
+    with pytest.raises(SnapshotError, match="unreadable"):
+        load_snapshot(store, str(ann["uri"]), str(ann["sha256"]))
+
+
+def test_weights_file_is_safetensors_pinned_by_the_manifest(tmp_path: Path) -> None:
+    store = FolderStore(tmp_path)
+    publish(store)
+    folder = tmp_path / MODEL_NAME / "1"
+    manifest = json.loads((folder / MANIFEST).read_text())
+    weights = (folder / WEIGHTS).read_bytes()
+    assert manifest["weights"]["sha256"] == sha256(weights)
+    header_len = int.from_bytes(weights[:8], "little")  # safetensors: u64 header size, JSON
+    header = json.loads(weights[8 : 8 + header_len])
+    assert set(header) - {"__metadata__"} == {"init.u", "init.v", "p0.u", "p0.v"}
+    assert manifest["platforms"] == {"shop-a": "p0"}
+    assert manifest["adapter"] == {"kind": "lowrank-identity", "dim": 8, "rank": 2}
+
+
+@pytest.mark.parametrize(
+    "raw, reason",
+    [(b"{", "not JSON"), (b"[]", "not a JSON object"), (b'{"model": "adapter"}', "version")],
+)
+def test_bad_announcements_say_what_is_wrong(raw: bytes, reason: str) -> None:
+    with pytest.raises(SnapshotError, match=reason):
+        parse_announcement(raw)
