@@ -123,7 +123,40 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         report["data"] = {"skipped_rows": dict(data.skipped), "purchases": len(data.purchases)}
         print(json.dumps(report, indent=2) if args.json else format_recommend_table(report))
         return 0
+    if args.what in ("fewshot", "crossdomain"):
+        return _eval_fewshot(args, settings, data_dir)
     raise AssertionError(args.what)
+
+
+def _eval_fewshot(args: argparse.Namespace, settings: Settings, data_dir: Path) -> int:
+    from metaguide import fewshot
+    from metaguide.data import MYNTRA_FILE
+    from metaguide.encoder import TransformerEncoder
+    from metaguide.meta import MetaConfig
+
+    encoder = TransformerEncoder(settings.model, device=settings.device)
+    titles = fewshot.load_title_set(
+        data_dir / MYNTRA_FILE,
+        encoder.embed_many,
+        encoder.model_id,
+        Path(settings.state_dir) / "embeddings",
+        progress=_stderr,
+    )
+    config = MetaConfig(seed=args.seed, second_order=args.second_order)
+    if args.what == "fewshot":
+        report = fewshot.eval_fewshot(
+            titles, config, episodes=args.episodes, seed=args.seed, log=_stderr
+        )
+        print(json.dumps(report, indent=2) if args.json else fewshot.format_fewshot_table(report))
+    else:
+        report = fewshot.eval_crossdomain(
+            titles, config, target=args.target, episodes=args.episodes // 6, seed=args.seed,
+            log=_stderr,
+        )
+        print(
+            json.dumps(report, indent=2) if args.json else fewshot.format_crossdomain_table(report)
+        )
+    return 0
 
 
 def _stderr(line: str) -> None:
@@ -158,11 +191,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_replay)
 
     p = sub.add_parser("eval", help="offline evaluations on the real data sets")
-    p.add_argument("what", choices=["recommend"])
+    p.add_argument("what", choices=["recommend", "fewshot", "crossdomain"])
     p.add_argument("--data-dir", help="folder of the data sets (default: METAGUIDE_DATA_DIR)")
     p.add_argument("--cutoff", default="2011-11-01", help="temporal split date (recommend)")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--no-tune", action="store_true", help="skip the validation-month tuning")
+    p.add_argument("--episodes", type=int, default=600, help="fewshot: test episodes per kind")
+    p.add_argument("--seed", type=int, default=0, help="fewshot: split and sampling seed")
+    p.add_argument("--second-order", action="store_true", help="fewshot: second-order MAML")
+    p.add_argument(
+        "--target", default="Women", help="crossdomain: the held-out platform (a Myntra gender)"
+    )
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     p.set_defaults(func=_cmd_eval)
     return parser

@@ -1,4 +1,7 @@
-"""Few-shot evaluations on Myntra (``metaguide eval fewshot``): held-out categories, held-out platforms."""
+"""Few-shot evaluations on Myntra (``metaguide eval fewshot``).
+
+Held-out categories (new article types) and a held-out platform (cross-domain transfer).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from metaguide.data import Listing, load_myntra
+from metaguide.embeddings import embed_cached
 from metaguide.meta import (
     EpisodeSampler,
     MetaConfig,
@@ -136,6 +140,10 @@ def eval_fewshot(
     }
 
 
+def _cell(row: dict[str, Any], key: str) -> str:
+    return f"{row[key]['mean']:.3f} ± {row[key]['ci95']:.3f}"
+
+
 def format_fewshot_table(report: dict[str, Any]) -> str:
     lines = [
         "held-out categories: "
@@ -144,13 +152,10 @@ def format_fewshot_table(report: dict[str, Any]) -> str:
         f" {'logistic reg.':>15} {'MAML - raw':>16}",
     ]
     for name, row in report["results"].items():
-
-        def cell(key: str) -> str:
-            return f"{row[key]['mean']:.3f} ± {row[key]['ci95']:.3f}"
-
         lines.append(
-            f"{name:<16} {cell('raw_prototypes'):>15} {cell('maml_adapter'):>15}"
-            f" {cell('maml_init_no_adaptation'):>15} {cell('logistic_regression'):>15}"
+            f"{name:<16} {_cell(row, 'raw_prototypes'):>15} {_cell(row, 'maml_adapter'):>15}"
+            f" {_cell(row, 'maml_init_no_adaptation'):>15}"
+            f" {_cell(row, 'logistic_regression'):>15}"
             f" {row['maml_minus_raw']['mean']:+.3f} ± {row['maml_minus_raw']['ci95']:.3f}"
         )
     won = [k for k, v in report["adapter_beats_raw"].items() if v]
@@ -159,3 +164,18 @@ def format_fewshot_table(report: dict[str, Any]) -> str:
         + (", ".join(won) if won else "none")
     )
     return "\n".join(lines)
+
+
+def load_title_set(
+    path: str | Path,
+    embed_many: Callable[[list[str]], np.ndarray],
+    model_id: str,
+    cache_dir: str | Path | None,
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> TitleSet:
+    """Myntra's distinct titles and their base embeddings (cached on disk)."""
+    listings = load_titles(path)
+    x = embed_cached(embed_many, model_id, [x.title for x in listings], cache_dir,
+                     progress=progress)
+    return TitleSet(listings, x)

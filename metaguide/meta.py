@@ -32,6 +32,7 @@ __all__ = [
     "adapt",
     "category_split",
     "episode_accuracy",
+    "fit_logistic",
     "logistic_accuracy",
     "meta_train",
     "proto_loss",
@@ -206,19 +207,20 @@ def category_split(
 @dataclass
 class MetaConfig:
     rank: int = 16
-    n_way: int = 5
+    n_way: int = 20  # training episodes: higher way than at test time trains a sharper metric
     k_shot: int = 5
     q_query: int = 10
     inner_steps: int = 3
     inner_lr: float = 0.1
     outer_lr: float = 1e-3
     meta_batch: int = 4
-    episodes: int = 2000  # outer-loop episodes in all
+    episodes: int = 4000  # outer-loop episodes at most
     second_order: bool = False
     temperature: float = 0.05
     weight_decay: float = 0.0  # pull (U, V) towards zero, i.e. the adapter towards the identity
     val_every: int = 200  # episodes between two meta-validation checks (early stopping)
     val_episodes: int = 100
+    val_way: int | None = None  # None: every meta-val category in each validation episode
     patience: int = 4  # checks without improvement before stopping
     seed: int = 0
 
@@ -296,6 +298,24 @@ def episode_accuracy(
     return np.array(out)
 
 
+def fit_logistic(
+    x: torch.Tensor, y: torch.Tensor, n_classes: int, *, l2: float = 1e-3, iterations: int = 100
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multinomial logistic regression (L2-regularised, L-BFGS): weights and biases."""
+    w = torch.zeros(x.shape[1], n_classes, requires_grad=True)
+    b = torch.zeros(n_classes, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=iterations, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(x @ w + b, y) + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach(), b.detach()
+
+
 def logistic_accuracy(
     x: np.ndarray | torch.Tensor,
     episodes: Sequence[Episode],
@@ -308,19 +328,8 @@ def logistic_accuracy(
     out = []
     for ep in episodes:
         s, sy, q, qy = _episode_tensors(xt, ep)
-        w = torch.zeros(xt.shape[1], ep.n_way, requires_grad=True)
-        b = torch.zeros(ep.n_way, requires_grad=True)
-        opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=iterations, line_search_fn="strong_wolfe")
-
-        def closure() -> torch.Tensor:
-            opt.zero_grad()
-            loss = F.cross_entropy(s @ w + b, sy) + l2 * (w * w).sum()
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-        with torch.no_grad():
-            out.append(float(((q @ w + b).argmax(1) == qy).float().mean()))
+        w, b = fit_logistic(s, sy, ep.n_way, l2=l2, iterations=iterations)
+        out.append(float(((q @ w + b).argmax(1) == qy).float().mean()))
     return np.array(out)
 
 
@@ -370,11 +379,10 @@ def meta_train(
         q_query=cfg.q_query,
         seed=cfg.seed,
     )
-    val_way = min(cfg.n_way, len([c for c in val_categories]))
     val = EpisodeSampler(
         labels,
         val_categories,
-        n_way=val_way,
+        n_way=cfg.val_way,
         k_shot=cfg.k_shot,
         q_query=cfg.q_query,
         seed=cfg.seed + 1,
