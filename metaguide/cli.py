@@ -150,7 +150,11 @@ def _eval_fewshot(args: argparse.Namespace, settings: Settings, data_dir: Path) 
         print(json.dumps(report, indent=2) if args.json else fewshot.format_fewshot_table(report))
     else:
         report = fewshot.eval_crossdomain(
-            titles, config, target=args.target, episodes=args.episodes // 6, seed=args.seed,
+            titles,
+            config,
+            target=args.target,
+            episodes=args.episodes // 6,
+            seed=args.seed,
             log=_stderr,
         )
         print(

@@ -12,20 +12,34 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from metaguide.data import Listing, load_myntra
 from metaguide.embeddings import embed_cached
 from metaguide.meta import (
     EpisodeSampler,
     MetaConfig,
+    Params,
+    adapt,
     category_split,
     episode_accuracy,
+    fit_logistic,
     logistic_accuracy,
     mean_ci,
     meta_train,
+    proto_loss,
 )
 
-__all__ = ["TitleSet", "eval_fewshot", "format_fewshot_table", "load_titles", "unique_titles"]
+__all__ = [
+    "TitleSet",
+    "eval_crossdomain",
+    "eval_fewshot",
+    "format_crossdomain_table",
+    "format_fewshot_table",
+    "load_title_set",
+    "load_titles",
+    "unique_titles",
+]
 
 
 @dataclass
@@ -53,6 +67,8 @@ def load_titles(path: str | Path) -> list[Listing]:
 
 
 # --------------------------------------------------------------------------- held-out categories
+
+L2_GRID = (1e-2, 1e-3, 1e-4, 1e-5)
 
 EPISODE_KINDS = {  # name -> (n_way, k_shot); None = every held-out category
     "5-way 1-shot": (5, 1),
@@ -99,6 +115,16 @@ def eval_fewshot(
         eps = EpisodeSampler(
             labels, split["test"], n_way=n_way, k_shot=k_shot, q_query=q_query, seed=seed + 7
         ).episodes(n)
+        # the baseline's regularisation is chosen on meta-val episodes of the same kind
+        val_eps = EpisodeSampler(
+            labels,
+            split["val"],
+            n_way=min(n_way or 99, len(split["val"])),
+            k_shot=k_shot,
+            q_query=q_query,
+            seed=seed + 8,
+        ).episodes(50)
+        l2 = max(L2_GRID, key=lambda c: logistic_accuracy(titles.x, val_eps, l2=c).mean())
         raw = episode_accuracy(None, titles.x, eps, temperature=config.temperature)
         init = episode_accuracy(report.adapter, titles.x, eps, temperature=config.temperature)
         maml = episode_accuracy(
@@ -109,8 +135,9 @@ def eval_fewshot(
             lr=config.inner_lr,
             temperature=config.temperature,
         )
-        logreg = logistic_accuracy(titles.x, eps)
+        logreg = logistic_accuracy(titles.x, eps, l2=l2)
         results[name] = {
+            "logistic_regression_l2": l2,
             "raw_prototypes": _summary(raw),
             "maml_adapter": _summary(maml),
             "maml_init_no_adaptation": _summary(init),
@@ -176,6 +203,156 @@ def load_title_set(
 ) -> TitleSet:
     """Myntra's distinct titles and their base embeddings (cached on disk)."""
     listings = load_titles(path)
-    x = embed_cached(embed_many, model_id, [x.title for x in listings], cache_dir,
-                     progress=progress)
+    x = embed_cached(
+        embed_many, model_id, [x.title for x in listings], cache_dir, progress=progress
+    )
     return TitleSet(listings, x)
+
+
+# --------------------------------------------------------------------------- held-out platform
+
+
+def eval_crossdomain(
+    titles: TitleSet,
+    config: MetaConfig,
+    *,
+    target: str = "Women",
+    shots: int = 5,
+    min_items: int = 20,
+    episodes: int = 100,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Myntra's genders as platforms: meta-train on the others, adapt to ``target`` from 5 shots.
+
+    The target's titles of each category (with at least ``min_items`` of them) are split in
+    half: an adaptation pool and a test pool. An episode draws ``shots`` labelled titles per
+    category from the pool and classifies the whole test pool among all those categories.
+    Methods: raw prototypes from the shots; the meta-learned adapter before adaptation (its
+    initialisation) and after (a few steps on the shots); and, as the "retrain" reference,
+    prototypes and logistic regression on the target's whole adaptation pool.
+    """
+    platform = [x.attributes.get("gender", "") for x in titles.listings]
+    labels = titles.labels
+    source = [i for i, p in enumerate(platform) if p != target]
+    target_rows = [i for i, p in enumerate(platform) if p == target]
+    if not target_rows:
+        raise ValueError(f"no titles for target platform {target!r}")
+    # meta-train on the source platforms: categories split train/val for early stopping
+    src_labels = [labels[i] for i in source]
+    src_split = category_split(
+        src_labels, min_items=min_items, val_fraction=0.2, test_fraction=0.0, seed=seed
+    )
+    report = meta_train(
+        titles.x[source], src_labels, src_split["train"], src_split["val"], config, progress=log
+    )
+    adapter = report.adapter
+
+    rng = np.random.default_rng(seed)
+    by_cat: dict[str, list[int]] = {}
+    for i in target_rows:
+        by_cat.setdefault(labels[i], []).append(i)
+    cats = sorted(c for c, rows in by_cat.items() if len(rows) >= min_items)
+    pool: dict[str, list[int]] = {}
+    test_idx, test_y = [], []
+    for y, c in enumerate(cats):
+        rows = list(rng.permutation(by_cat[c]))
+        half = len(rows) // 2
+        pool[c] = rows[:half]
+        test_idx += rows[half:]
+        test_y += [y] * (len(rows) - half)
+    xt = torch.as_tensor(titles.x)
+    q, qy = xt[torch.tensor(test_idx)], torch.tensor(test_y)
+    if log:
+        log(
+            f"target {target}: {len(cats)} categories, {len(test_idx)} test titles; "
+            f"source: {len(source)} titles"
+        )
+
+    def accuracy(params: Params, s: torch.Tensor, sy: torch.Tensor) -> float:
+        with torch.no_grad():
+            _, acc = proto_loss(params, s, sy, q, qy, len(cats), config.temperature)
+        return float(acc)
+
+    identity = {"u": torch.zeros(xt.shape[1], 1), "v": torch.zeros(xt.shape[1], 1)}
+    rows: dict[str, list[float]] = {"raw": [], "before": [], "after": []}
+    for _ in range(episodes):
+        s_idx, s_y = [], []
+        for y, c in enumerate(cats):
+            s_idx += list(rng.choice(pool[c], size=shots, replace=False))
+            s_y += [y] * shots
+        s, sy = xt[torch.tensor(s_idx)], torch.tensor(s_y)
+        init = {k: t.requires_grad_(True) for k, t in adapter.tensors().items()}
+        fast = adapt(
+            init,
+            s,
+            sy,
+            len(cats),
+            steps=config.inner_steps,
+            lr=config.inner_lr,
+            temperature=config.temperature,
+        )
+        rows["raw"].append(accuracy(identity, s, sy))
+        rows["before"].append(accuracy(adapter.tensors(), s, sy))
+        rows["after"].append(accuracy(fast, s, sy))
+    full_idx = [i for c in cats for i in pool[c]]
+    full_y = torch.tensor([y for y, c in enumerate(cats) for _ in pool[c]])
+    fs = xt[torch.tensor(full_idx)]
+    # the full-data baseline's regularisation: chosen on a fifth of the pool held out
+    order = torch.from_numpy(rng.permutation(len(full_idx)))
+    fit, held = order[len(order) // 5 :], order[: len(order) // 5]
+
+    def held_out_accuracy(l2: float) -> float:
+        w, b = fit_logistic(fs[fit], full_y[fit], len(cats), l2=l2, iterations=300)
+        return float(((fs[held] @ w + b).argmax(1) == full_y[held]).float().mean())
+
+    l2 = max(L2_GRID, key=held_out_accuracy)
+    w, b = fit_logistic(fs, full_y, len(cats), l2=l2, iterations=300)
+    full_logreg = float(((q @ w + b).argmax(1) == qy).float().mean())
+    res = {
+        "raw_prototypes_5shot": _summary(np.array(rows["raw"])),
+        "adapter_before_adaptation_5shot": _summary(np.array(rows["before"])),
+        "adapter_after_adaptation_5shot": _summary(np.array(rows["after"])),
+        "after_minus_raw": _summary(np.array(rows["after"]) - np.array(rows["raw"])),
+        "full_data_raw_prototypes": round(accuracy(identity, fs, full_y), 4),
+        "full_data_logistic_regression": round(full_logreg, 4),
+        "full_data_logistic_regression_l2": l2,
+    }
+    if log:
+        log(", ".join(f"{k} {v['mean'] if isinstance(v, dict) else v:.4f}" for k, v in res.items()))
+    return {
+        "target": target,
+        "sources": sorted(set(platform) - {target}),
+        "categories": cats,
+        "data": {
+            "source_titles": len(source),
+            "target_pool": len(full_idx),
+            "target_test": len(test_idx),
+        },
+        "shots": shots,
+        "training": {
+            "episodes_run": report.episodes_run,
+            "best_episode": report.best_episode,
+            "meta_val_raw": round(report.val_accuracy_identity, 4),
+            "meta_val_adapter": round(report.val_accuracy, 4),
+        },
+        "results": res,
+    }
+
+
+def format_crossdomain_table(report: dict[str, Any]) -> str:
+    r = report["results"]
+    lines = [
+        f"target platform {report['target']} (meta-trained on {', '.join(report['sources'])}):"
+        f" {len(report['categories'])} categories, {report['data']['target_test']} test titles",
+    ]
+    for key, value in r.items():
+        if key.endswith("_l2"):
+            continue
+        text = (
+            f"{value['mean']:.3f} ± {value['ci95']:.3f}"
+            if isinstance(value, dict)
+            else (f"{value:.3f}")
+        )
+        lines.append(f"  {key:<34} {text}")
+    return "\n".join(lines)
