@@ -163,6 +163,71 @@ def _eval_fewshot(args: argparse.Namespace, settings: Settings, data_dir: Path) 
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from metaguide.meta import MetaConfig
+    from metaguide.trainer import Labelled, train_once
+
+    settings = Settings.from_env()
+    encoder_id = settings.model
+    data = None
+    if args.dataset == "myntra":
+        from metaguide import fewshot
+        from metaguide.data import MYNTRA_FILE
+        from metaguide.encoder import TransformerEncoder
+
+        encoder = TransformerEncoder(settings.model, device=settings.device)
+        encoder_id = encoder.model_id
+        titles = fewshot.load_title_set(
+            Path(args.data_dir or settings.data_dir) / MYNTRA_FILE,
+            encoder.embed_many,
+            encoder.model_id,
+            Path(settings.state_dir) / "embeddings",
+            progress=_stderr,
+        )
+        data = Labelled.from_rows(
+            [("myntra", x.category, v) for x, v in zip(titles.listings, titles.x, strict=True)],
+            {"source": str(MYNTRA_FILE)},
+        )
+    config = MetaConfig(seed=args.seed, second_order=args.second_order)
+    result = asyncio.run(
+        train_once(
+            settings,
+            encoder_id=encoder_id,
+            data=data,
+            config=config,
+            publish=not args.no_publish,
+            progress=_stderr,
+        )
+    )
+    print(
+        json.dumps(
+            {
+                "published": result.published,
+                "reason": result.reason,
+                "evaluation": result.evaluation,
+                "announcement": result.announcement,
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def _cmd_snapshot(args: argparse.Namespace) -> int:
+    from metaguide.snapshots import MODEL_NAME
+    from metaguide.trainer import latest_announcement, rollback, snapshot_store
+
+    settings = Settings.from_env()
+    if args.action == "rollback":
+        value = asyncio.run(rollback(settings, to=args.to))
+        print(f"announced version {value['version']} ({value['uri']})")
+        return 0
+    serving = asyncio.run(latest_announcement(settings))
+    print(f"serving: {serving['version'] if serving else 'base (no snapshot)'}")
+    print("in the store:", ", ".join(map(str, snapshot_store(settings).versions(MODEL_NAME))))
+    return 0
+
+
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -208,6 +273,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("train", help="meta-train the adapter, gate it, publish a snapshot")
+    p.add_argument(
+        "--dataset",
+        choices=["topics", "myntra"],
+        default="topics",
+        help="labelled listings from the category-updates topic (default) or a data set",
+    )
+    p.add_argument("--data-dir", help="folder of the data sets (default: METAGUIDE_DATA_DIR)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--second-order", action="store_true")
+    p.add_argument("--no-publish", action="store_true", help="train and gate only")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("snapshot", help="list model snapshots, or roll back to an earlier one")
+    p.add_argument("action", choices=["list", "rollback"])
+    p.add_argument("--to", type=int, help="rollback: this version (default: the previous one)")
+    p.set_defaults(func=_cmd_snapshot)
     return parser
 
 

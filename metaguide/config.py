@@ -70,6 +70,8 @@ class Settings:
     recommend_max_k: int = 100
     repeat_min_ratio: float = 0.5  # buying an item again is its norm above this repeat share
     temperature: float = 0.05
+    snapshot_dir: str = ""  # the snapshot store folder; "" = <state_dir>/snapshots
+    train_interval_s: float = 0.0  # in-worker training timer; 0 = off (run `metaguide train`)
     metrics_port: int = 9464
     metrics_host: str = "0.0.0.0"
     web_port: int = 6066
@@ -106,6 +108,10 @@ class Settings:
             )
         if self.temperature <= 0:
             raise ConfigError(f"METAGUIDE_TEMPERATURE must be > 0, got {self.temperature}")
+        if self.train_interval_s < 0:
+            raise ConfigError(
+                f"METAGUIDE_TRAIN_INTERVAL_S must be >= 0, got {self.train_interval_s}"
+            )
         if self.security_protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
             raise ConfigError(f"METAGUIDE_SECURITY_PROTOCOL is {self.security_protocol!r}")
 

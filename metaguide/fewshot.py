@@ -275,7 +275,7 @@ def eval_crossdomain(
         return float(acc)
 
     identity = {"u": torch.zeros(xt.shape[1], 1), "v": torch.zeros(xt.shape[1], 1)}
-    rows: dict[str, list[float]] = {"raw": [], "before": [], "after": []}
+    accs: dict[str, list[float]] = {"raw": [], "before": [], "after": []}
     for _ in range(episodes):
         s_idx, s_y = [], []
         for y, c in enumerate(cats):
@@ -292,9 +292,9 @@ def eval_crossdomain(
             lr=config.inner_lr,
             temperature=config.temperature,
         )
-        rows["raw"].append(accuracy(identity, s, sy))
-        rows["before"].append(accuracy(adapter.tensors(), s, sy))
-        rows["after"].append(accuracy(fast, s, sy))
+        accs["raw"].append(accuracy(identity, s, sy))
+        accs["before"].append(accuracy(adapter.tensors(), s, sy))
+        accs["after"].append(accuracy(fast, s, sy))
     full_idx = [i for c in cats for i in pool[c]]
     full_y = torch.tensor([y for y, c in enumerate(cats) for _ in pool[c]])
     fs = xt[torch.tensor(full_idx)]
@@ -310,10 +310,10 @@ def eval_crossdomain(
     w, b = fit_logistic(fs, full_y, len(cats), l2=l2, iterations=300)
     full_logreg = float(((q @ w + b).argmax(1) == qy).float().mean())
     res = {
-        "raw_prototypes_5shot": _summary(np.array(rows["raw"])),
-        "adapter_before_adaptation_5shot": _summary(np.array(rows["before"])),
-        "adapter_after_adaptation_5shot": _summary(np.array(rows["after"])),
-        "after_minus_raw": _summary(np.array(rows["after"]) - np.array(rows["raw"])),
+        "raw_prototypes_5shot": _summary(np.array(accs["raw"])),
+        "adapter_before_adaptation_5shot": _summary(np.array(accs["before"])),
+        "adapter_after_adaptation_5shot": _summary(np.array(accs["after"])),
+        "after_minus_raw": _summary(np.array(accs["after"]) - np.array(accs["raw"])),
         "full_data_raw_prototypes": round(accuracy(identity, fs, full_y), 4),
         "full_data_logistic_regression": round(full_logreg, 4),
         "full_data_logistic_regression_l2": l2,

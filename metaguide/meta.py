@@ -344,6 +344,7 @@ class TrainReport:
     val_accuracy_identity: float
     val_accuracy: float  # of the chosen adapter, after adaptation on each support set
     curve: list[dict[str, float | None]] = field(default_factory=list)
+    last: Adapter | None = None  # the parameters when training stopped (the chosen may be older)
 
 
 def meta_train(
@@ -443,7 +444,8 @@ def meta_train(
                     f"episodes {seen:>6}  loss {running:.4f}  meta-val accuracy {acc:.4f}"
                     f"  (best {best_acc:.4f} at {best_at})"
                 )
-    return TrainReport(best_adapter, cfg, seen, best_at, identity_acc, best_acc, curve)
+    last = Adapter.from_tensors(params)
+    return TrainReport(best_adapter, cfg, seen, best_at, identity_acc, best_acc, curve, last)
 
 
 def mean_ci(values: np.ndarray) -> dict[str, float]:

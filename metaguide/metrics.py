@@ -136,6 +136,36 @@ class Metrics:
             registry=r,
         )
 
+        self.snapshot_swaps = Counter(
+            "metaguide_snapshot_swaps_total",
+            "Model snapshots verified, loaded and swapped in.",
+            registry=r,
+        )
+        self.snapshot_refused = Counter(
+            "metaguide_snapshot_refused_total",
+            "Announced snapshots refused (checksum, encoder, shape...); the previous one serves.",
+            ["reason"],
+            registry=r,
+        )
+        self.model_version = Gauge(
+            "metaguide_model_version_info",
+            "1 for the snapshot version this worker serves with.",
+            ["version"],
+            registry=r,
+        )
+        self.model_version.labels("base").set(1)
+        self.trainings = Counter(
+            "metaguide_trainings_total",
+            "Training rounds run in this process, by outcome (published, kept, skipped, failed).",
+            ["outcome"],
+            registry=r,
+        )
+
+    def serving(self, old: str, new: str) -> None:
+        """Point the model-version gauge at ``new``."""
+        self.model_version.remove(old)
+        self.model_version.labels(new).set(1)
+
     def on_batch(self, size: int, fill_s: float, model_s: float) -> None:
         """Hook for :class:`metaguide.batching.MicroBatcher`."""
         self.batch_size.observe(size)

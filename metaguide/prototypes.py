@@ -8,7 +8,7 @@ Prototypes live in the encoder's base space, so an adapter swap never rebuilds t
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,13 +155,24 @@ class CategoryPrototypes:
         return names, means
 
     def nearest_many(
-        self, platform: str, embeddings: np.ndarray, k: int = 3
+        self,
+        platform: str,
+        embeddings: np.ndarray,
+        k: int = 3,
+        transform: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> list[list[tuple[str, float]]]:
-        """Top-k (category, probability) for each row of ``embeddings``; [] with no prototypes."""
+        """Top-k (category, probability) for each row of ``embeddings``; [] with no prototypes.
+
+        ``transform`` (a snapshot's linear adapter) maps the base-space embeddings and means
+        into the space where distances are measured; being linear, it maps a mean of base
+        embeddings to the mean of the mapped ones, so no prototype is ever rebuilt.
+        """
         names, means = self._matrix(platform)
         if not names:
             return [[] for _ in range(len(embeddings))]
         x = np.asarray(embeddings, dtype=np.float32)
+        if transform is not None:
+            x, means = transform(x), transform(means)
         # squared Euclidean distance, as in prototypical networks
         d2 = (x * x).sum(1, keepdims=True) - 2.0 * x @ means.T + (means * means).sum(1)[None, :]
         out = []
@@ -172,6 +183,10 @@ class CategoryPrototypes:
         return out
 
     def nearest_one(
-        self, platform: str, embedding: np.ndarray, k: int = 3
+        self,
+        platform: str,
+        embedding: np.ndarray,
+        k: int = 3,
+        transform: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> list[tuple[str, float]]:
-        return self.nearest_many(platform, np.asarray(embedding)[None, :], k)[0]
+        return self.nearest_many(platform, np.asarray(embedding)[None, :], k, transform)[0]

@@ -32,6 +32,7 @@ from metaguide.errors import MetaguideError
 from metaguide.meta import Adapter
 
 __all__ = [
+    "BASE_MODEL_VERSION",
     "FORMAT",
     "MODEL_NAME",
     "FolderStore",
@@ -46,6 +47,7 @@ __all__ = [
 ]
 
 FORMAT = "metaguide.snapshot.v1"
+BASE_MODEL_VERSION = "base"  # what outputs say when no snapshot took part
 MODEL_NAME = "adapter"
 WEIGHTS = "adapter.safetensors"
 MANIFEST = "manifest.json"

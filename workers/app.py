@@ -36,13 +36,13 @@ from metaguide.events import (
 )
 from metaguide.metrics import Metrics
 from metaguide.prototypes import CategoryPrototypes, prototype_key
+from metaguide.snapshots import BASE_MODEL_VERSION, Snapshot
 from workers.clicks import ClickPath, register_click_path
+from workers.snapshots import register_snapshots
 
 __all__ = ["Embedder", "Worker", "create_worker", "faust_settings"]
 
 log = logging.getLogger("metaguide.worker")
-
-BASE_MODEL_VERSION = "base"
 
 
 class Embedder(Protocol):
@@ -150,8 +150,13 @@ class Worker:
     items: Any
     topics: dict[str, Any]
     clicks: ClickPath | None = None
-    model_version: str = BASE_MODEL_VERSION
+    snapshot: Snapshot | None = None  # None: base embeddings, no adapter
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def model_version(self) -> str:
+        snapshot = self.snapshot
+        return BASE_MODEL_VERSION if snapshot is None else snapshot.version
 
     async def dead_letter(self, message: Any, reason: str, detail: str) -> None:
         """Send an event that cannot be processed to the dead-letter topic, with its reason."""
@@ -211,8 +216,15 @@ class Worker:
                 ),
             )
             return
-        top_k = self.prototypes.nearest_one(listing.platform, vector, self.settings.top_k)
-        record = classification_record(listing, top_k, self.model_version)
+        snapshot = self.snapshot  # read once: this listing is classified by one snapshot
+        if snapshot is None:
+            transform, version = None, BASE_MODEL_VERSION
+        else:
+            transform, version = snapshot.adapter_for(listing.platform).apply, snapshot.version
+        top_k = self.prototypes.nearest_one(
+            listing.platform, vector, self.settings.top_k, transform
+        )
+        record = classification_record(listing, top_k, version)
         await self.topics["classifications"].send(
             key=listing.item_id.encode(), value=encode_json(record)
         )
@@ -313,6 +325,17 @@ def create_worker(
         "classifications": raw_topic("classifications"),
         "dead_letters": raw_topic("dead-letters"),
         "category_updates": raw_topic("category-updates", internal=True),
+        # compacted, one partition: every worker reads all of it (workers/snapshots.py)
+        "snapshots": app.topic(
+            settings.topic("snapshots"),
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=1,
+            compacting=True,
+            internal=True,
+        ),
     }
     # bytes keys use the raw serializer, the same as the topics: the partitioner then hashes
     # the same bytes for a table key and for the message key (str keys would be JSON-encoded)
@@ -366,6 +389,7 @@ def create_worker(
         topics=topics,
     )
     worker.clicks = register_click_path(worker, raw_topic)
+    register_snapshots(worker, topics["snapshots"])
     listings_name = settings.topic("listings")
     in_flight = asyncio.Semaphore(settings.max_in_flight)
 

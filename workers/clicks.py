@@ -62,6 +62,7 @@ from metaguide.recommend import (
     recommend,
     user_weight,
 )
+from metaguide.snapshots import BASE_MODEL_VERSION
 from metaguide.users import UserProfile, user_key
 from workers.batches import EventBatches
 
@@ -475,7 +476,8 @@ class ClickPath:
             "platform": platform,
             "user_id": user_id,
             "items": [{"item_id": i, "score": round(s, 6)} for i, s in top],
-            "model_version": self.worker.model_version,
+            # scored in base space: no snapshot's adapter takes part in recommendations yet
+            "model_version": BASE_MODEL_VERSION,
             "clicks": profile.clicks,
             "user_weight": round(user_weight(profile.clicks, self.config), 4),
             "served_by": str(self.worker.app.conf.canonical_url).rstrip("/"),

@@ -62,3 +62,26 @@ def test_a_redelivered_event_is_not_counted_twice() -> None:
     assert protos.update_one("shop", "a", np.array([0.0, 1.0]), event_id="e2") == 2
     assert protos.categories() == {"shop\x1fa": 2}
     assert split_key(next(iter(protos.categories()))) == ("shop", "a")
+
+
+def test_an_adapter_applied_to_base_prototypes_equals_prototypes_of_adapted_embeddings() -> None:
+    from metaguide.meta import Adapter
+
+    gen = np.random.default_rng(4)
+    adapter = Adapter(
+        gen.standard_normal((8, 2)).astype(np.float32),
+        gen.standard_normal((8, 2)).astype(np.float32),
+    )
+    base, adapted = CategoryPrototypes(temperature=1.0), CategoryPrototypes(temperature=1.0)
+    for category in ("a", "b", "c"):
+        for row in gen.standard_normal((4, 8)).astype(np.float32):
+            base.update_one("p", category, row)
+            adapted.update_one("p", category, adapter.apply(row[None, :])[0])
+    query = gen.standard_normal((5, 8)).astype(np.float32)
+    got = base.nearest_many("p", query, k=3, transform=adapter.apply)
+    want = adapted.nearest_many("p", adapter.apply(query), k=3)
+    for g, w in zip(got, want, strict=True):
+        assert [c for c, _ in g] == [c for c, _ in w]
+        np.testing.assert_allclose([p for _, p in g], [p for _, p in w], rtol=1e-3, atol=1e-5)
+    plain = base.nearest_many("p", query, k=3)
+    assert plain != got  # the adapter does change the answer

@@ -1,0 +1,391 @@
+"""``metaguide train``: labelled listings -> MAML -> champion/challenger gate -> snapshot.
+
+Labelled data comes from the ``category-updates`` topic (every labelled listing's base
+embedding, its platform and category, written by the workers: nothing is re-embedded), or
+from a data set for offline runs. Labels are (platform, category) pairs, split into
+meta-train and meta-validation categories. The challenger is meta-trained on the first and
+early-stopped on the second; then it and the serving snapshot (the champion; the identity
+when there is none) are scored on the same fresh validation episodes, and the challenger is
+published only if it scores higher. Each platform's own labelled listings then adapt the
+initialisation in a few steps; those weights serve that platform.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from metaguide.config import Settings
+from metaguide.events import vector_from_b64
+from metaguide.meta import (
+    Adapter,
+    EpisodeSampler,
+    MetaConfig,
+    adapt,
+    category_split,
+    episode_accuracy,
+    meta_train,
+)
+from metaguide.prototypes import prototype_key
+from metaguide.replay import kafka_client_options
+from metaguide.snapshots import (
+    MANIFEST,
+    MODEL_NAME,
+    FolderStore,
+    Snapshot,
+    SnapshotError,
+    SnapshotStore,
+    announcement,
+    build_snapshot,
+    load_snapshot,
+    parse_announcement,
+)
+
+__all__ = [
+    "Labelled",
+    "TrainResult",
+    "announce",
+    "latest_announcement",
+    "read_labelled",
+    "rollback",
+    "snapshot_store",
+    "train_once",
+    "publish_adapter",
+]
+
+log = logging.getLogger("metaguide.trainer")
+
+GATE_EPISODES = 100
+ADAPT_PER_CATEGORY = 20  # labelled examples per category used to adapt a platform
+
+
+@dataclass
+class Labelled:
+    """Labelled base embeddings: one row per distinct embedding (so per distinct title)."""
+
+    x: np.ndarray
+    platforms: list[str]
+    categories: list[str]
+    window: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def labels(self) -> list[str]:
+        return [prototype_key(p, c) for p, c in zip(self.platforms, self.categories, strict=True)]
+
+    @classmethod
+    def from_rows(cls, rows: list[tuple[str, str, np.ndarray]], window: dict[str, Any]) -> Labelled:
+        seen: set[bytes] = set()
+        keep = []
+        for platform, category, emb in rows:
+            digest = np.asarray(emb, dtype=np.float16).tobytes()  # same title -> same vector
+            if digest not in seen:
+                seen.add(digest)
+                keep.append((platform, category, emb))
+        if not keep:
+            return cls(np.zeros((0, 0), np.float32), [], [], window)
+        return cls(
+            np.stack([r[2] for r in keep]).astype(np.float32),
+            [r[0] for r in keep],
+            [r[1] for r in keep],
+            {**window, "examples": len(keep), "duplicates_dropped": len(rows) - len(keep)},
+        )
+
+
+def snapshot_store(settings: Settings) -> FolderStore:
+    return FolderStore(settings.snapshot_dir or str(Path(settings.state_dir) / "snapshots"))
+
+
+def _bootstrap(settings: Settings) -> str:
+    return settings.broker_url.removeprefix("kafka://")
+
+
+async def _read_topic(settings: Settings, topic: str) -> list[Any]:
+    """Every record of a topic, from the beginning to the end offsets seen at the start."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=_bootstrap(settings),
+        group_id=None,
+        enable_auto_commit=False,
+        **kafka_client_options(settings),
+    )
+    await consumer.start()
+    try:
+        if topic not in await consumer.topics():
+            return []
+        parts = sorted(consumer.partitions_for_topic(topic) or ())
+        tps = [TopicPartition(topic, p) for p in parts]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        records: list[Any] = []
+        pending = {tp for tp in tps if end[tp] > 0}
+        while pending:
+            batch = await consumer.getmany(*pending, timeout_ms=1000)
+            for msgs in batch.values():
+                records.extend(msgs)
+            for tp in list(pending):
+                if await consumer.position(tp) >= end[tp]:
+                    pending.discard(tp)
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def read_labelled(settings: Settings) -> Labelled:
+    """The labelled embeddings the workers published on ``category-updates``."""
+    records = await _read_topic(settings, settings.topic("category-updates"))
+    rows = []
+    first, last = float("inf"), 0.0
+    for rec in records:
+        try:
+            update = json.loads(rec.value)
+            rows.append(
+                (update["platform"], update["category"], vector_from_b64(update["emb"], np.float32))
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("skipping unreadable category update at offset %s: %s", rec.offset, exc)
+            continue
+        first, last = min(first, rec.timestamp / 1000), max(last, rec.timestamp / 1000)
+    window = {"source": settings.topic("category-updates"), "records": len(records)}
+    if rows:
+        window.update(first_ts=first, last_ts=last)
+    return Labelled.from_rows(rows, window)
+
+
+async def latest_announcement(settings: Settings) -> dict[str, Any] | None:
+    """The serving snapshot's announcement: the last valid record for the model name."""
+    latest = None
+    for rec in await _read_topic(settings, settings.topic("snapshots")):
+        try:
+            value = parse_announcement(rec.value)
+        except SnapshotError:
+            continue
+        if value["model"] == MODEL_NAME:
+            latest = value
+    return latest
+
+
+async def announce(settings: Settings, value: dict[str, Any]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(
+        bootstrap_servers=_bootstrap(settings), acks="all", **kafka_client_options(settings)
+    )
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            settings.topic("snapshots"), key=MODEL_NAME.encode(), value=json.dumps(value).encode()
+        )
+    finally:
+        await producer.stop()
+
+
+async def publish_adapter(
+    settings: Settings,
+    store: SnapshotStore,
+    init: Adapter,
+    platforms: dict[str, Adapter],
+    *,
+    encoder_id: str,
+    data_window: dict[str, Any],
+    training: dict[str, Any],
+    evaluation: dict[str, Any],
+    parent: int | None = None,
+) -> dict[str, Any]:
+    """Write a new version to the store and announce it; returns the announcement."""
+    version = max(store.versions(MODEL_NAME), default=0) + 1
+    files = build_snapshot(
+        init,
+        platforms,
+        version=version,
+        encoder_id=encoder_id,
+        data_window=data_window,
+        training=training,
+        evaluation=evaluation,
+        parent=parent,
+    )
+    uri = store.put(MODEL_NAME, version, files)
+    value = announcement(version, uri, files[MANIFEST], metrics=evaluation)
+    await announce(settings, value)
+    return value
+
+
+def adapt_platforms(
+    init: Adapter, data: Labelled, config: MetaConfig, seed: int = 0
+) -> dict[str, Adapter]:
+    """Each platform's labelled listings adapt the initialisation (the inner loop, once)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for platform in sorted(set(data.platforms)):
+        by_cat: dict[str, list[int]] = {}
+        for i, (p, c) in enumerate(zip(data.platforms, data.categories, strict=True)):
+            if p == platform:
+                by_cat.setdefault(c, []).append(i)
+        by_cat = {c: v for c, v in by_cat.items() if len(v) >= 2}
+        if len(by_cat) < 2:
+            continue  # nothing to adapt on: the platform is served by the initialisation
+        idx, ys = [], []
+        for y, rows in enumerate(by_cat.values()):
+            take = rng.permutation(rows)[:ADAPT_PER_CATEGORY]
+            idx += list(take)
+            ys += [y] * len(take)
+        x = torch.as_tensor(data.x[idx])
+        params = {k: t.requires_grad_(True) for k, t in init.tensors().items()}
+        fast = adapt(
+            params,
+            x,
+            torch.tensor(ys),
+            len(by_cat),
+            steps=config.inner_steps,
+            lr=config.inner_lr,
+            temperature=config.temperature,
+        )
+        out[platform] = Adapter.from_tensors(fast)
+    return out
+
+
+@dataclass
+class TrainResult:
+    published: bool
+    reason: str
+    evaluation: dict[str, Any]
+    announcement: dict[str, Any] | None = None
+
+
+async def train_once(
+    settings: Settings,
+    *,
+    encoder_id: str,
+    data: Labelled | None = None,
+    config: MetaConfig | None = None,
+    store: SnapshotStore | None = None,
+    min_items: int = 10,
+    publish: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """One training round: read, meta-train, gate against the serving snapshot, publish."""
+    cfg = config or MetaConfig()
+    store = store or snapshot_store(settings)
+    data = data if data is not None else await read_labelled(settings)
+    labels = data.labels
+    split = category_split(
+        labels, min_items=min_items, val_fraction=0.25, test_fraction=0.0, seed=cfg.seed
+    )
+    usable_train = [c for c in split["train"] if labels.count(c) > cfg.k_shot]
+    if len(split["val"]) < 2 or len(usable_train) < cfg.n_way:
+        cfg.n_way = min(cfg.n_way, len(usable_train))
+        if len(split["val"]) < 2 or cfg.n_way < 2:
+            return TrainResult(
+                False,
+                f"not enough labelled categories: {len(usable_train)} to train on, "
+                f"{len(split['val'])} to validate on (need categories with >= {min_items} "
+                "distinct examples)",
+                {"categories": len(set(labels)), "examples": len(labels)},
+            )
+    serving = await latest_announcement(settings)
+    champion: Snapshot | None = None
+    if serving is not None:
+        try:
+            champion = load_snapshot(
+                store, serving["uri"], serving["sha256"], encoder_id=encoder_id, dim=data.x.shape[1]
+            )
+        except SnapshotError as exc:
+            log.warning(
+                "serving snapshot %s unusable (%s); gating against the identity",
+                serving["version"],
+                exc,
+            )
+    started = time.monotonic()
+    report = await asyncio.to_thread(
+        meta_train, data.x, labels, split["train"], split["val"], cfg, progress=progress
+    )
+    gate = EpisodeSampler(
+        labels,
+        split["val"],
+        n_way=min(20, len(split["val"])),
+        k_shot=cfg.k_shot,
+        q_query=cfg.q_query,
+        seed=cfg.seed + 101,
+    )
+    episodes = gate.episodes(GATE_EPISODES)
+
+    def score(adapter: Adapter | None) -> float:
+        steps = cfg.inner_steps if adapter is not None else 0
+        return float(
+            episode_accuracy(
+                adapter, data.x, episodes, steps=steps, lr=cfg.inner_lr, temperature=cfg.temperature
+            ).mean()
+        )
+
+    challenger_acc = score(report.adapter)
+    champion_acc = score(champion.init if champion else None)
+    evaluation = {
+        "gate_episodes": GATE_EPISODES,
+        "gate_way": gate.n_way,
+        "challenger_accuracy": round(challenger_acc, 4),
+        "champion_accuracy": round(champion_acc, 4),
+        "champion_version": champion.version if champion else "base",
+        "raw_accuracy": round(score(None), 4),
+        "meta_val_accuracy": round(report.val_accuracy, 4),
+        "episodes_run": report.episodes_run,
+        "train_seconds": round(time.monotonic() - started, 1),
+        "categories": {k: len(v) for k, v in split.items()},
+    }
+    if challenger_acc <= champion_acc:
+        return TrainResult(
+            False,
+            f"challenger {challenger_acc:.4f} does not beat the serving "
+            f"{evaluation['champion_version']} ({champion_acc:.4f}) on the gate episodes",
+            evaluation,
+        )
+    if not publish:
+        return TrainResult(False, "won the gate; not published (--no-publish)", evaluation)
+    platforms = adapt_platforms(report.adapter, data, cfg, seed=cfg.seed)
+    value = await publish_adapter(
+        settings,
+        store,
+        report.adapter,
+        platforms,
+        encoder_id=encoder_id,
+        data_window=data.window,
+        training=cfg.to_json(),
+        evaluation=evaluation,
+        parent=int(champion.version) if champion else None,
+    )
+    return TrainResult(True, f"published version {value['version']}", evaluation, value)
+
+
+async def rollback(
+    settings: Settings, *, to: int | None = None, store: SnapshotStore | None = None
+) -> dict[str, Any]:
+    """Announce an earlier version again (default: the one before the serving version)."""
+    store = store or snapshot_store(settings)
+    serving = await latest_announcement(settings)
+    versions = store.versions(MODEL_NAME)
+    if to is None:
+        if serving is None:
+            raise SnapshotError("no_serving", "nothing is serving: nothing to roll back from")
+        earlier = [v for v in versions if v < serving["version"]]
+        if not earlier:
+            raise SnapshotError("no_earlier", f"no version before {serving['version']}")
+        to = earlier[-1]
+    if to not in versions:
+        raise SnapshotError("unknown_version", f"version {to} is not in the store ({versions})")
+    uri = store.uri(MODEL_NAME, to) if isinstance(store, FolderStore) else None
+    if uri is None:
+        raise SnapshotError("bad_store", "rollback needs a store that can name a version's URI")
+    manifest = store.read(uri, MANIFEST)
+    value = announcement(to, uri, manifest, action="rollback")
+    load_snapshot(store, uri, value["sha256"])  # refuse to announce what a worker would refuse
+    await announce(settings, value)
+    return value

@@ -1,0 +1,161 @@
+"""Snapshots on running workers: trained, published, swapped by every worker, tampered, refused.
+
+Two worker processes on the embedded broker. The trainer reads the labelled embeddings the
+workers published on ``category-updates`` (no re-embedding), meta-trains an adapter, writes a
+snapshot and announces it, while unlabelled listings are in flight. Both workers must swap to
+it; every listing must get exactly one classification; those sent after the swap must carry
+the new version. A snapshot whose weights were altered after the manifest was written must be
+refused by both, which keep serving the version they had.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from metaguide.config import Settings
+from metaguide.data import few_shot_split, listing_event, load_myntra
+from metaguide.meta import MetaConfig, meta_train
+from metaguide.replay import produce_events
+from metaguide.snapshots import MANIFEST, MODEL_NAME, WEIGHTS, announcement, build_snapshot
+from metaguide.trainer import announce, publish_adapter, read_labelled, snapshot_store
+from tests.conftest import read_topic, wait_until
+from tests.integration.conftest import scrape
+
+pytestmark = pytest.mark.integration
+
+CATEGORIES = [
+    "Watches",
+    "Sunglasses",
+    "Tshirts",
+    "Socks",
+    "Handbags",
+    "Casual Shoes",
+    "Ties",
+    "Shirts",
+    "Belts",
+    "Wallets",
+    "Heels",
+    "Kurtas",
+]
+
+
+def serving(port: int) -> set[str]:
+    return {
+        k.split('version="')[1].rstrip('"}')
+        for k, v in scrape(port).items()
+        if k.startswith("metaguide_model_version_info") and v == 1
+    }
+
+
+async def test_every_worker_swaps_to_a_published_snapshot_and_refuses_a_tampered_one(
+    broker: Any, two_workers: Any, tmp_path: Path
+) -> None:
+    env, ports, _ = two_workers
+    prefix = env["METAGUIDE_TOPIC_PREFIX"]
+    settings = Settings(
+        broker_url=broker.url,
+        broker_profile="embedded",
+        topic_prefix=prefix,
+        state_dir=str(tmp_path / "trainer"),
+    )
+    await wait_until(lambda: all(scrape(p) for p in ports), 90, "both workers serving metrics")
+    assert all(serving(p) == {"base"} for p in ports)
+
+    listings = [x for x in load_myntra() if x.category in CATEGORIES]
+    split = few_shot_split(listings, 12, seed=3, max_test_per_category=6)
+    await produce_events(
+        broker.bootstrap,
+        settings.topic("listings"),
+        [listing_event(x, labelled=True) for x in split.labelled],
+        key_field="item_id",
+    )
+    await wait_until(
+        lambda: all(
+            scrape(p).get("metaguide_category_prototypes") == len(CATEGORIES) for p in ports
+        ),
+        120,
+        "both workers to see every prototype",
+    )
+
+    # the trainer's input is what the workers published: one row per labelled title
+    data = await read_labelled(settings)
+    assert len(data.labels) == len(split.labelled)
+    cfg = MetaConfig(n_way=5, k_shot=3, q_query=3, episodes=40, val_every=20, val_episodes=10)
+    cats = sorted(set(data.labels))
+    report = meta_train(data.x, data.labels, cats[:8], cats[8:], cfg)
+    # on so little data early stopping may keep the identity; the swap needs real weights
+    trained = report.last
+    assert trained is not None and not trained.is_identity()
+
+    test = split.test
+    before, after = test[: len(test) // 2], test[len(test) // 2 :]
+    store = snapshot_store(settings)
+    sending = asyncio.create_task(
+        produce_events(
+            broker.bootstrap,
+            settings.topic("listings"),
+            [listing_event(x, labelled=False) for x in before],
+            key_field="item_id",
+        )
+    )
+    published_at = time.monotonic()
+    value = await publish_adapter(
+        settings,
+        store,
+        trained,
+        {},
+        encoder_id="bundled:all-MiniLM-L6-v2",
+        data_window=data.window,
+        training=cfg.to_json(),
+        evaluation={"test": True},
+    )
+    version = str(value["version"])
+    await wait_until(
+        lambda: all(serving(p) == {version} for p in ports),
+        60,
+        f"both workers serving snapshot {version}",
+    )
+    swap_s = time.monotonic() - published_at
+    await sending
+    await produce_events(
+        broker.bootstrap,
+        settings.topic("listings"),
+        [listing_event(x, labelled=False) for x in after],
+        key_field="item_id",
+    )
+    out = await read_topic(broker.bootstrap, settings.topic("classifications"), len(test), 120)
+    ids = [r["item_id"] for r in out]
+    assert sorted(ids) == sorted(x.item_id for x in test)  # none lost, none twice
+    late = {x.item_id for x in after}
+    assert {r["model_version"] for r in out if r["item_id"] in late} == {version}
+    assert {r["model_version"] for r in out} <= {"base", version}
+    print(f"snapshot {version} swapped on both workers {swap_s:.2f}s after its announcement")
+
+    # a tampered snapshot: the weights change after the manifest pinned their checksum
+    files = build_snapshot(
+        trained,
+        {},
+        version=int(version) + 1,
+        encoder_id="bundled:all-MiniLM-L6-v2",
+        data_window={},
+        training={},
+        evaluation={},
+    )
+    uri = store.put(MODEL_NAME, int(version) + 1, files)
+    weights = Path(uri.removeprefix("file://")) / WEIGHTS
+    data_bytes = bytearray(weights.read_bytes())
+    data_bytes[-5] ^= 0xFF
+    weights.write_bytes(bytes(data_bytes))
+    await announce(settings, announcement(int(version) + 1, uri, files[MANIFEST]))
+    refused = 'metaguide_snapshot_refused_total{reason="checksum_mismatch"}'
+    await wait_until(
+        lambda: all(scrape(p).get(refused, 0) >= 1 for p in ports),
+        60,
+        "both workers to refuse the tampered snapshot",
+    )
+    assert all(serving(p) == {version} for p in ports)

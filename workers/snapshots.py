@@ -1,0 +1,114 @@
+"""Model snapshots on the worker: watch the ``snapshots`` topic, verify, load, swap.
+
+Every worker reads the whole (compacted, one-partition) topic with its own group-less
+consumer, so each of them sees every announcement. A snapshot is loaded and verified off the
+event loop, then swapped in with one assignment: a listing reads ``worker.snapshot`` once, so
+each classification is computed by one snapshot and says which in ``model_version``. No event
+waits on or is replayed because of a swap. A snapshot that fails verification is refused with
+a log line and a metric; the worker keeps serving the one it had.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from metaguide.replay import kafka_client_options
+from metaguide.snapshots import SnapshotError, load_snapshot, parse_announcement
+from metaguide.trainer import snapshot_store, train_once
+
+if TYPE_CHECKING:
+    from workers.app import Worker
+
+__all__ = ["offer_snapshot", "register_snapshots"]
+
+log = logging.getLogger("metaguide.snapshots")
+
+
+async def offer_snapshot(worker: Worker, raw: bytes) -> bool:
+    """Verify and swap in an announced snapshot; False (logged, counted) when refused."""
+    store = snapshot_store(worker.settings)
+    try:
+        ann = parse_announcement(raw)
+        current = worker.snapshot
+        if current is not None and current.manifest.get("_sha256") == ann["sha256"]:
+            return True  # already serving exactly this one
+        snap = await asyncio.to_thread(
+            load_snapshot,
+            store,
+            ann["uri"],
+            ann["sha256"],
+            encoder_id=worker.encoder.model_id,
+            dim=worker.encoder.dim,
+        )
+    except SnapshotError as exc:
+        worker.metrics.snapshot_refused.labels(exc.reason).inc()
+        log.error(
+            "refusing model snapshot: %s: %s; still serving version %s",
+            exc.reason,
+            exc.detail,
+            worker.model_version,
+        )
+        return False
+    snap.manifest["_sha256"] = ann["sha256"]
+    old = worker.model_version
+    worker.snapshot = snap  # the swap: one reference, read once per listing
+    worker.metrics.snapshot_swaps.inc()
+    worker.metrics.serving(old, snap.version)
+    log.info("serving model snapshot %s (was %s; %s)", snap.version, old, ann.get("action"))
+    return True
+
+
+async def _watch(worker: Worker, topic: Any) -> None:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    await topic.maybe_declare()
+    name = topic.get_topic_name()
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=worker.settings.broker_url.removeprefix("kafka://"),
+        group_id=None,
+        enable_auto_commit=False,
+        **kafka_client_options(worker.settings),
+    )
+    await consumer.start()
+    try:
+        tp = TopicPartition(name, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        while True:
+            batch = await consumer.getmany(tp, timeout_ms=500)
+            for record in batch.get(tp, []):
+                await offer_snapshot(worker, record.value)
+    finally:
+        await consumer.stop()
+
+
+async def _train_periodically(worker: Worker) -> None:
+    interval = worker.settings.train_interval_s
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            result = await train_once(worker.settings, encoder_id=worker.encoder.model_id)
+        except Exception:
+            worker.metrics.trainings.labels("failed").inc()
+            log.exception("training round failed")
+            continue
+        outcome = "published" if result.published else "kept"
+        worker.metrics.trainings.labels(outcome).inc()
+        log.info("training round: %s", result.reason)
+
+
+def register_snapshots(worker: Worker, topic: Any) -> None:
+    """The watcher task, and the training timer when ``METAGUIDE_TRAIN_INTERVAL_S`` > 0."""
+    app = worker.app
+
+    @app.task
+    async def watch_snapshots() -> None:
+        await _watch(worker, topic)
+
+    if worker.settings.train_interval_s > 0:
+
+        @app.task
+        async def train_periodically() -> None:
+            await _train_periodically(worker)
