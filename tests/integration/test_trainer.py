@@ -19,23 +19,13 @@ from metaguide.trainer import (
     snapshot_store,
     train_once,
 )
-from tests.unit.test_meta import synthetic
+from tests.unit.test_meta import config, synthetic
 
 pytestmark = pytest.mark.integration
 
 
-def config() -> MetaConfig:
-    return MetaConfig(
-        rank=4,
-        n_way=5,
-        episodes=200,
-        val_every=100,
-        val_episodes=30,
-        temperature=1.0,
-        outer_lr=5e-2,
-        inner_lr=0.1,
-        seed=0,
-    )
+def small() -> MetaConfig:
+    return config(n_way=5, episodes=200, val_episodes=30)
 
 
 async def test_gate_publishes_only_a_better_adapter_and_rollback_returns(
@@ -50,13 +40,13 @@ async def test_gate_publishes_only_a_better_adapter_and_rollback_returns(
     x, labels = synthetic()
     data = Labelled(x, ["syn"] * len(labels), labels, {"source": "synthetic"})
 
-    first = await train_once(settings, encoder_id="syn", data=data, config=config())
+    first = await train_once(settings, encoder_id="syn", data=data, config=small())
     assert first.published, first.reason
     assert first.evaluation["challenger_accuracy"] > first.evaluation["raw_accuracy"]
     assert (await latest_announcement(settings))["version"] == 1  # type: ignore[index]
 
     # the same data and seed give the same adapter: it does not beat itself, so nothing new
-    again = await train_once(settings, encoder_id="syn", data=data, config=config())
+    again = await train_once(settings, encoder_id="syn", data=data, config=small())
     assert not again.published
     assert "does not beat the serving 1" in again.reason
     assert snapshot_store(settings).versions("adapter") == [1]
@@ -95,6 +85,6 @@ async def test_too_few_categories_is_a_clear_refusal(broker: Any, tmp_path: Path
     )
     x, labels = synthetic(categories=3)
     data = Labelled(x, ["syn"] * len(labels), labels, {})
-    result = await train_once(settings, encoder_id="syn", data=data, config=config())
+    result = await train_once(settings, encoder_id="syn", data=data, config=small())
     assert not result.published
     assert "not enough labelled categories" in result.reason
