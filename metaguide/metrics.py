@@ -154,6 +154,33 @@ class Metrics:
             registry=r,
         )
         self.model_version.labels("base").set(1)
+        self.snapshot_swap_seconds = Histogram(
+            "metaguide_snapshot_swap_seconds",
+            "Time from reading an announcement to serving its snapshot (read, verify, load).",
+            buckets=_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.snapshot_created = Gauge(
+            "metaguide_snapshot_created_timestamp_seconds",
+            "When the snapshot in service was written (Unix time); 0 while serving base.",
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "metaguide_consumer_lag_messages",
+            "End offset minus committed offset, per input partition assigned to this worker.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.tables_recovered = Gauge(
+            "metaguide_tables_recovered",
+            "1 once this worker's tables are recovered from their changelogs, else 0.",
+            registry=r,
+        )
+        self.ready = Gauge(
+            "metaguide_ready",
+            "1 when the worker is ready (partitions assigned, tables recovered, model loaded).",
+            registry=r,
+        )
         self.trainings = Counter(
             "metaguide_trainings_total",
             "Training rounds run in this process, by outcome (published, kept, skipped, failed).",

@@ -38,6 +38,7 @@ from metaguide.metrics import Metrics
 from metaguide.prototypes import CategoryPrototypes, prototype_key
 from metaguide.snapshots import BASE_MODEL_VERSION, Snapshot
 from workers.clicks import ClickPath, register_click_path
+from workers.ops import readiness, register_ops
 from workers.snapshots import register_snapshots
 
 __all__ = ["Embedder", "Worker", "create_worker", "faust_settings"]
@@ -151,6 +152,7 @@ class Worker:
     topics: dict[str, Any]
     clicks: ClickPath | None = None
     snapshot: Snapshot | None = None  # None: base embeddings, no adapter
+    snapshots_caught_up: bool = False  # the snapshots topic read to its end once
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
@@ -253,13 +255,8 @@ class Worker:
             self.metrics.prototype_updates.inc()
 
     def is_ready(self) -> bool:
-        """Partitions assigned, tables recovered: the worker serves what it owns."""
-        app = self.app
-        try:
-            assigned = bool(app.consumer.assignment())
-        except Exception:  # consumer not started yet
-            return False
-        return assigned and app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]
+        """Partitions assigned, tables recovered, announced snapshot loaded (``/readyz``)."""
+        return all(readiness(self).values())
 
     async def wait_ready(self, timeout_s: float = 60.0) -> None:
         """Wait (polling the condition) until :meth:`is_ready`, or raise TimeoutError."""
@@ -390,6 +387,7 @@ def create_worker(
     )
     worker.clicks = register_click_path(worker, raw_topic)
     register_snapshots(worker, topics["snapshots"])
+    register_ops(worker)
     listings_name = settings.topic("listings")
     in_flight = asyncio.Semaphore(settings.max_in_flight)
 

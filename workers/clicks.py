@@ -127,6 +127,7 @@ class ClickPath:
     platform_summaries: Any  # global: every partition's summaries, for scoring
     waiting: dict[str, list[_Waiting]] = field(default_factory=lambda: defaultdict(list))
     catalog_refresh_s: float = 1.0
+    router: ClickRouter | None = None
     # in memory, by partition then platform: item -> (popularity, as of) in item partitions,
     # item -> (purchases, repeats) in user partitions; rebuilt from ``summaries`` when needed
     _popularity: dict[int, dict[str, dict[str, tuple[float, float]]]] = field(default_factory=dict)
@@ -550,6 +551,7 @@ class ClickRouter:
     def __init__(self, path: ClickPath) -> None:
         self.path = path
         self.settings = path.worker.settings
+        self.live: Any = None  # the running consumer (for lag), None when stopped
 
     def consumer(self) -> Any:
         from aiokafka import AIOKafkaConsumer
@@ -576,6 +578,7 @@ class ClickRouter:
         await self.path.topics["clicks"].maybe_declare()
         consumer = self.consumer()
         await consumer.start()
+        self.live = consumer
         timeout_ms = max(1, int(self.settings.click_batch_latency_s * 1000))
         try:
             while True:
@@ -598,6 +601,7 @@ class ClickRouter:
                 except Exception as exc:  # a rebalance: the new owner reads them again
                     log.warning("commit of routed clicks failed (%r); they may be redelivered", exc)
         finally:
+            self.live = None
             await consumer.stop()
 
 
@@ -678,7 +682,8 @@ def register_click_path(worker: Worker, raw_topic: Callable[..., Any]) -> ClickP
 
     @app.task
     async def click_router() -> None:
-        await ClickRouter(path).run()
+        path.router = ClickRouter(path)
+        await path.router.run()
 
     app.agent(topics["clicks_by_item"], name="click-join")(batched(path.join_packs))
     app.agent(topics["user_updates"], name="user-profiles")(batched(path.apply_user_packs))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from metaguide.replay import kafka_client_options
@@ -29,6 +30,7 @@ log = logging.getLogger("metaguide.snapshots")
 async def offer_snapshot(worker: Worker, raw: bytes) -> bool:
     """Verify and swap in an announced snapshot; False (logged, counted) when refused."""
     store = snapshot_store(worker.settings)
+    started = time.monotonic()
     try:
         ann = parse_announcement(raw)
         current = worker.snapshot
@@ -55,6 +57,8 @@ async def offer_snapshot(worker: Worker, raw: bytes) -> bool:
     old = worker.model_version
     worker.snapshot = snap  # the swap: one reference, read once per listing
     worker.metrics.snapshot_swaps.inc()
+    worker.metrics.snapshot_swap_seconds.observe(time.monotonic() - started)
+    worker.metrics.snapshot_created.set(float(snap.manifest.get("created_at", 0)))
     worker.metrics.serving(old, snap.version)
     log.info("serving model snapshot %s (was %s; %s)", snap.version, old, ann.get("action"))
     return True
@@ -76,7 +80,10 @@ async def _watch(worker: Worker, topic: Any) -> None:
         tp = TopicPartition(name, 0)
         consumer.assign([tp])
         await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
         while True:
+            if not worker.snapshots_caught_up and await consumer.position(tp) >= end:
+                worker.snapshots_caught_up = True  # serving what was announced at start
             batch = await consumer.getmany(tp, timeout_ms=500)
             for record in batch.get(tp, []):
                 await offer_snapshot(worker, record.value)

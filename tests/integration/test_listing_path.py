@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from typing import Any
 
@@ -13,6 +14,7 @@ from aiokafka import AIOKafkaProducer
 from metaguide.data import few_shot_split, listing_event, load_myntra
 from metaguide.events import encode_json
 from metaguide.replay import produce_events
+from metaguide.waiting import wait_until_async
 from tests.conftest import load_schema, read_topic, wait_until
 
 pytestmark = pytest.mark.integration
@@ -181,3 +183,49 @@ async def test_promtool_accepts_the_metrics_of_a_working_worker(
         ["promtool", "check", "metrics"], input=body, capture_output=True, timeout=30
     )
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+async def test_readiness_is_false_until_recovery_completes_then_true(
+    broker: Any, worker_settings: Any, start_worker: Any, encoder: Any
+) -> None:
+    import aiohttp
+
+    from workers.app import create_worker
+    from workers.ops import readiness
+
+    split = _split(KNOWN + [NEW], shots=20, test_per_category=0)
+    settings, worker = await _learned(broker, worker_settings, start_worker, split)
+    await wait_until(lambda: _committed_all(worker), 30, "offsets committed")
+    items = len(worker.items)
+    await worker.stop()
+
+    again = create_worker(settings, encoder=encoder)
+    seen: list[tuple[int, bool, int]] = []  # (HTTP status, tables recovered, items known)
+    starting = asyncio.ensure_future(again.app.start())
+    url = f"http://127.0.0.1:{settings.web_port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def probe() -> bool:
+                try:
+                    async with http.get(f"{url}/readyz") as resp:
+                        body = await resp.json()
+                        seen.append(
+                            (resp.status, body["checks"]["tables_recovered"], len(again.items))
+                        )
+                        return resp.status == 200
+                except aiohttp.ClientConnectionError:
+                    return False
+
+            await wait_until_async(probe, 60, "readyz to answer 200")
+            async with http.get(f"{url}/healthz") as resp:
+                assert resp.status == 200
+        await starting
+        assert any(status == 503 and not recovered for status, recovered, _ in seen), seen
+        first_ok = next(i for i, (status, _, _) in enumerate(seen) if status == 200)
+        assert all(status == 503 for status, _, _ in seen[:first_ok])
+        assert seen[first_ok][2] == items  # ready means every item is back
+        assert all(readiness(again).values())
+    finally:
+        starting.cancel()
+        await again.stop()
