@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from typing import Any
 
 import jsonschema
@@ -160,29 +159,6 @@ def _committed_all(worker: Any) -> bool:
     listings = worker.settings.topic("listings")
     committed = {tp: off for tp, off in consumer._committed_offset.items() if tp.topic == listings}
     return bool(committed) and not consumer._unacked_messages
-
-
-async def test_promtool_accepts_the_metrics_of_a_working_worker(
-    broker: Any, worker_settings: Any, start_worker: Any
-) -> None:
-    split = _split(KNOWN[:2], test_per_category=2)
-    settings, worker = await _learned(broker, worker_settings, start_worker, split)
-    await _send(broker, settings, [listing_event(x, labelled=False) for x in split.test])
-    await read_topic(broker.bootstrap, settings.topic("classifications"), len(split.test))
-    server = worker.metrics.serve(settings.metrics_port, "127.0.0.1")
-    try:
-        import urllib.request
-
-        body = urllib.request.urlopen(f"http://127.0.0.1:{settings.metrics_port}/metrics").read()
-    finally:
-        server.shutdown()  # type: ignore[attr-defined]
-    text = body.decode()
-    assert f'metaguide_events_consumed_total{{topic="{settings.topic("listings")}"}}' in text
-    assert "metaguide_encoder_batch_size_items_count" in text
-    check = subprocess.run(
-        ["promtool", "check", "metrics"], input=body, capture_output=True, timeout=30
-    )
-    assert check.returncode == 0, check.stdout + check.stderr
 
 
 async def test_readiness_is_false_until_recovery_completes_then_true(
