@@ -76,6 +76,7 @@ class Settings:
     metrics_host: str = "0.0.0.0"
     web_port: int = 6066
     web_host: str = "0.0.0.0"
+    web_advertised_host: str = ""  # how other workers reach this one; "" = web_host
     state_dir: str = "/tmp/metaguide-state"
     data_dir: str = field(default_factory=_default_data_dir)
     log_level: str = "info"

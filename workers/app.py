@@ -69,7 +69,10 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         "web_port": settings.web_port,
         "web_host": settings.web_host,
         "web_bind": settings.web_host,
-        "canonical_url": f"http://{_public_host(settings.web_host)}:{settings.web_port}",
+        "canonical_url": (
+            f"http://{settings.web_advertised_host or _public_host(settings.web_host)}"
+            f":{settings.web_port}"
+        ),
     }
     if settings.broker_profile == "embedded":
         # Tansu: ListOffsets(latest) is wrong for batched produces, which makes table recovery

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 
 from metaguide.broker import free_port
 from metaguide.data import listing_event
@@ -116,3 +118,168 @@ def test_alert_rules_pass_promtool_check_and_their_unit_tests() -> None:
         assert run.returncode == 0, run.stdout + run.stderr
     assert "SUCCESS" in run.stdout
     assert shutil.which("promtool")
+
+
+# --------------------------------------------------------------------------- Kubernetes
+
+K8S = ROOT / "deploy" / "k8s"
+TOOLS = ROOT / ".tools"
+OVERLAYS = ["cpu", "gpu"]
+BUILT_IN_GROUPS = ("v1", "apps/v1", "batch/v1", "policy/v1")
+
+
+def _tool(name: str) -> str:
+    found = shutil.which(name) or (TOOLS / "bin" / name)
+    assert Path(found).exists(), f"{name} missing: run scripts/setup.sh --test"
+    return str(found)
+
+
+def render(overlay: str) -> list[dict[str, Any]]:
+    out = subprocess.run(
+        [_tool("kubectl"), "kustomize", str(K8S / "overlays" / overlay)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def validate_strict(docs: list[dict[str, Any]], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "built-in.yaml"
+    path.write_text(yaml.safe_dump_all(docs))
+    cli = Path(sys.executable).parent / "kubernetes-validate"
+    return subprocess.run(
+        [str(cli), "--strict", "-k", "1.30.0", "--quiet", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_renders_and_validates_strictly(overlay: str, tmp_path: Path) -> None:
+    docs = render(overlay)
+    kinds = {d["kind"] for d in docs}
+    assert {
+        "StatefulSet",
+        "CronJob",
+        "ConfigMap",
+        "Service",
+        "PodDisruptionBudget",
+        "PersistentVolumeClaim",
+        "ScaledObject",
+        "PodMonitor",
+        "KafkaTopic",
+    } <= kinds
+    assert "Secret" not in kinds  # credentials by reference only
+    built_in = [d for d in docs if d["apiVersion"] in BUILT_IN_GROUPS]
+    run = validate_strict(built_in, tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+    by_kind = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    config = by_kind[("ConfigMap", "metaguide-config")]["data"]
+    scaled = by_kind[("ScaledObject", "metaguide-worker")]["spec"]
+    assert scaled["maxReplicaCount"] == int(config["METAGUIDE_PARTITIONS"])
+    snapshots = by_kind[("KafkaTopic", "metaguide.snapshots")]["spec"]
+    assert snapshots["partitions"] == 1 and snapshots["config"]["cleanup.policy"] == "compact"
+    worker = by_kind[("StatefulSet", "metaguide-worker")]["spec"]["template"]["spec"]
+    container = worker["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    limits = container["resources"]["limits"]
+    assert ("nvidia.com/gpu" in limits) == (overlay == "gpu")
+    assert config["METAGUIDE_DEVICE"] == ("cuda" if overlay == "gpu" else "cpu")
+
+
+def test_strict_validation_rejects_an_unknown_field(tmp_path: Path) -> None:
+    docs = [d for d in render("cpu") if d["kind"] == "StatefulSet"]
+    docs[0]["spec"]["replica"] = 3  # a typo of replicas
+    run = validate_strict(docs, tmp_path)
+    assert run.returncode != 0
+    assert "replica" in run.stdout + run.stderr
+
+
+KEDA_CHECK = """
+import { ScaledObject, TriggerAuthentication } from "@kubernetes-models/keda/keda.sh/v1alpha1";
+import { readFileSync } from "node:fs";
+const kinds = { ScaledObject, TriggerAuthentication };
+const errors = [];
+for (const doc of JSON.parse(readFileSync(process.argv[1], "utf8"))) {
+  try { new kinds[doc.kind](doc).validate(); }
+  catch (e) { errors.push(doc.kind + ": " + e.message); }
+}
+console.log(JSON.stringify(errors));
+"""
+
+
+def keda_errors(docs: list[dict[str, Any]], tmp_path: Path) -> list[str]:
+    path = tmp_path / "keda.json"
+    path.write_text(json.dumps(docs))
+    node_dir = TOOLS / "node"
+    assert (node_dir / "node_modules" / "@kubernetes-models" / "keda").is_dir(), (
+        "the KEDA schema package is missing: run scripts/setup.sh --test"
+    )
+    run = subprocess.run(
+        ["node", "--input-type=module", "-e", KEDA_CHECK, str(path)],
+        cwd=node_dir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    return list(json.loads(run.stdout))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_keda_objects_validate_against_the_crd_schema(overlay: str, tmp_path: Path) -> None:
+    docs = [d for d in render(overlay) if d["apiVersion"].startswith("keda.sh/")]
+    assert {d["kind"] for d in docs} == {"ScaledObject", "TriggerAuthentication"}
+    assert keda_errors(docs, tmp_path) == []
+    broken = json.loads(json.dumps(docs))
+    for d in broken:
+        if d["kind"] == "ScaledObject":
+            d["spec"]["maxReplicaCount"] = "four"
+    assert any("maxReplicaCount" in e for e in keda_errors(broken, tmp_path))
+
+
+def test_yamllint_passes_on_deploy() -> None:
+    cli = Path(sys.executable).parent / "yamllint"
+    run = subprocess.run(
+        [str(cli), "-s", "-c", str(ROOT / ".yamllint.yaml"), str(ROOT / "deploy")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_dashboard_and_alerts_use_only_metrics_the_worker_exports() -> None:
+    import re
+
+    from metaguide.metrics import Metrics
+
+    exported = set()
+    for family in Metrics().registry.collect():
+        exported.add(family.name)
+        if family.type == "counter":  # a labelled counter with no child yet has no sample
+            exported.add(family.name + "_total")
+        for sample in family.samples:
+            exported.add(sample.name)
+    exported.add("up")
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "metaguide-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exprs += [
+        r["expr"]
+        for g in yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"]
+        for r in g["rules"]
+    ]
+    used = {m for e in exprs for m in re.findall(r"\b(metaguide_[a-z_]+|up)\b", e)}
+    # a histogram's series: name_bucket / _count / _sum are exported under the family name
+    missing = {
+        m
+        for m in used
+        if m not in exported and re.sub(r"_(bucket|count|sum)$", "", m) not in exported
+    }
+    assert not missing, missing
+    assert len(dashboard["panels"]) >= 10
