@@ -47,6 +47,9 @@ MAX_CATEGORY_CHARS = 200
 MAX_ATTRIBUTES = 64
 MAX_ATTRIBUTE_CHARS = 1000
 _PLATFORM_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# control characters: none at all in ids (they become table keys); tab and newlines in text
+_ID_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +112,10 @@ def _check_fields(
         raise SchemaViolation("unknown_field", f"unknown field(s) {extra[:5]!r}")
 
 
-def _string(obj: dict[str, Any], name: str, max_chars: int, *, min_chars: int = 1) -> str:
+def _string(
+    obj: dict[str, Any], name: str, max_chars: int, *, min_chars: int = 1, text: bool = False
+) -> str:
+    """A string field; ``text`` allows tab and newlines, an id allows no control character."""
     value = obj[name]
     if not isinstance(value, str):
         raise SchemaViolation(
@@ -120,6 +126,12 @@ def _string(obj: dict[str, Any], name: str, max_chars: int, *, min_chars: int = 
     if len(value) > max_chars:
         raise SchemaViolation(
             "too_long", f"field {name!r} has {len(value)} characters, the limit is {max_chars}"
+        )
+    bad = (_TEXT_CONTROL if text else _ID_CONTROL).search(value)
+    if bad:
+        raise SchemaViolation(
+            "control_characters",
+            f"field {name!r} holds control character U+{ord(bad.group()):04X} at {bad.start()}",
         )
     return value
 
@@ -173,7 +185,7 @@ def decode_listing(raw: bytes | str | None) -> ListingEvent:
     _check_schema_tag(obj, "listing.v1")
     description = None
     if "description" in obj:
-        description = _string(obj, "description", MAX_DESCRIPTION_CHARS, min_chars=0)
+        description = _string(obj, "description", MAX_DESCRIPTION_CHARS, min_chars=0, text=True)
     attributes = None
     if "attributes" in obj:
         attributes = obj["attributes"]
@@ -189,17 +201,23 @@ def decode_listing(raw: bytes | str | None) -> ListingEvent:
                 )
             if len(value) > MAX_ATTRIBUTE_CHARS:
                 raise SchemaViolation("too_long", f"attribute {key[:40]!r} is too long")
+            if _TEXT_CONTROL.search(value):
+                raise SchemaViolation(
+                    "control_characters", f"attribute {key[:40]!r} holds a control character"
+                )
     price = None
     if "price" in obj:
         price = _number(obj, "price")
         if price < 0:
             raise SchemaViolation("out_of_range", f"field 'price' is {price!r}, must be >= 0")
-    category = _string(obj, "category", MAX_CATEGORY_CHARS) if "category" in obj else None
+    category = (
+        _string(obj, "category", MAX_CATEGORY_CHARS, text=True) if "category" in obj else None
+    )
     return ListingEvent(
         event_id=_string(obj, "event_id", MAX_ID_CHARS),
         platform=_platform(obj),
         item_id=_string(obj, "item_id", MAX_ID_CHARS),
-        title=_string(obj, "title", MAX_TITLE_CHARS),
+        title=_string(obj, "title", MAX_TITLE_CHARS, text=True),
         ts=_timestamp(obj),
         description=description,
         attributes=attributes,

@@ -93,6 +93,9 @@ async def test_a_worker_with_listings_and_clicks_passes_promtool_and_is_scraped(
             + len(unlabelled),
             "sum(metaguide_clicks_total)": len(clicks),
             'up{job="metaguide-worker"}': 1,
+            # every listing processed and committed: no lag left on any listings partition
+            f'sum(metaguide_consumer_lag_messages{{topic="{listings}"}})': 0,
+            "metaguide_tables_recovered": 1,
         }
         async with aiohttp.ClientSession() as http:
 

@@ -63,6 +63,9 @@ def test_valid_listing_decodes() -> None:
         (json.dumps({**LISTING, "ts": True}), "wrong_type"),
         (json.dumps({**LISTING, "platform": "my shop"}), "bad_identifier"),
         (json.dumps({**LISTING, "schema": "listing.v2"}), "wrong_schema"),
+        (json.dumps({**LISTING, "title": "Shirt\u0000"}), "control_characters"),
+        (json.dumps({**LISTING, "item_id": "a\tb"}), "control_characters"),
+        (json.dumps({**LISTING, "attributes": {"c": "\u001b[31m"}}), "control_characters"),
     ],
 )
 def test_bad_listing_gets_a_specific_reason(raw: Any, reason: str) -> None:
@@ -70,6 +73,11 @@ def test_bad_listing_gets_a_specific_reason(raw: Any, reason: str) -> None:
         decode_listing(raw)
     assert info.value.reason == reason
     assert info.value.detail
+
+
+def test_text_may_hold_newlines_and_any_script() -> None:
+    title = "Nike 跑步鞋 Кроссовки\tحذاء 👟\nline two"
+    assert decode_listing(json.dumps({**LISTING, "title": title})).title == title
 
 
 def test_click_rejects_unknown_action() -> None:
