@@ -104,3 +104,35 @@ def test_weights_file_is_safetensors_pinned_by_the_manifest(tmp_path: Path) -> N
 def test_bad_announcements_say_what_is_wrong(raw: bytes, reason: str) -> None:
     with pytest.raises(SnapshotError, match=reason):
         parse_announcement(raw)
+
+
+def test_a_truncated_weights_file_is_refused(tmp_path: Path) -> None:
+    store = FolderStore(tmp_path)
+    ann = publish(store)
+    path = tmp_path / MODEL_NAME / "1" / WEIGHTS
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(SnapshotError, match="checksum_mismatch"):
+        load_snapshot(store, str(ann["uri"]), str(ann["sha256"]))
+
+
+def test_a_consistent_snapshot_with_bad_tensors_is_refused(tmp_path: Path) -> None:
+    """Checksums right (the trainer wrote it), content wrong: shapes and values are checked."""
+    bad = Adapter(np.full((8, 2), np.nan, dtype=np.float32), trained().v)
+    files = build_snapshot(
+        bad, {}, version=1, encoder_id="enc", data_window={}, training={}, evaluation={}
+    )
+    uri = FolderStore(tmp_path).put(MODEL_NAME, 1, files)
+    with pytest.raises(SnapshotError, match="bad_weights"):
+        load_snapshot(FolderStore(tmp_path), uri, sha256(files[MANIFEST]))
+
+
+def test_no_pickle_anywhere_in_the_code() -> None:
+    root = Path(__file__).resolve().parents[2]
+    sources = [*root.glob("metaguide/**/*.py"), *root.glob("workers/**/*.py")]
+    assert sources
+    for path in sources:
+        text = path.read_text()
+        for banned in ("import pickle", "torch.load(", "np.load(", "allow_pickle=True"):
+            if banned == "np.load(" and path.name == "embeddings.py":
+                continue  # the evaluation's own cache of float arrays (allow_pickle stays False)
+            assert banned not in text, f"{path.name}: {banned}"
