@@ -7,7 +7,10 @@
 3. pipeline: the same texts as unlabelled Myntra listings through a worker on the embedded
    broker (validate, embed, item table write, classify, produce), working off a backlog,
    timed from the worker being ready to its last classification;
-4. raw again, so drift on a shared machine shows; the baseline is the mean of both raw runs.
+4. latency: the same worker then gets listings at half and at full the throughput it just
+   showed, --load-seconds each, one at a time at a steady pace; event time to
+   classification, p50 and p99;
+5. raw again, so drift on a shared machine shows; the baseline is the mean of both raw runs.
 
 The last line printed is JSON with raw_items_per_s, pipeline_items_per_s and ratio.
 """
@@ -25,6 +28,8 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -53,7 +58,9 @@ async def bench_batcher(encoder: TransformerEncoder, texts: list[str], batch_siz
     return rate
 
 
-async def bench_pipeline(encoder: TransformerEncoder, n: int, batch_size: int) -> dict[str, Any]:
+async def bench_pipeline(
+    encoder: TransformerEncoder, n: int, batch_size: int, load_seconds: float = 0.0
+) -> dict[str, Any]:
     """Throughput of a worker working off a backlog of n unlabelled listings.
 
     A first worker learns the labelled examples and stops; the unlabelled listings are then
@@ -105,11 +112,84 @@ async def bench_pipeline(encoder: TransformerEncoder, n: int, batch_size: int) -
         await wait_until(lambda: emitted._value.get() >= n, 600, "the backlog")
         elapsed = time.perf_counter() - t0
         batches = worker.batcher.stats
+        latency = {}
+        if load_seconds > 0:
+            for name, share in (("half_load", 0.5), ("full_load", 1.0)):
+                latency[name] = await paced_latency(
+                    broker.bootstrap,
+                    settings,
+                    worker,
+                    test,
+                    share * n / elapsed,
+                    load_seconds,
+                    name,
+                )
         await worker.stop()
     return {
         "pipeline_items_per_s": n / elapsed,
         "classified": int(emitted._value.get()),
         "mean_batch": batches.items / max(batches.batches, 1),
+        "latency": latency,
+    }
+
+
+async def paced_latency(
+    bootstrap: str,
+    settings: Settings,
+    worker: Any,
+    pool: list[Any],
+    rate: float,
+    seconds: float,
+    tag: str,
+) -> dict[str, float]:
+    """Listings sent at ``rate`` per second for ``seconds``; event time to classification."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    count = max(1, int(rate * seconds))
+    emitted = worker.metrics.classifications.labels("myntra")
+    before = emitted._value.get()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for i in range(count):
+        delay = start + i / rate - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)  # pacing the producer at the target rate
+        event = listing_event(pool[i % len(pool)], labelled=False)
+        event["item_id"] = event["event_id"] = f"{tag}-{i}"
+        event["ts"] = time.time()
+        await producer.send(
+            settings.topic("listings"),
+            key=event["item_id"].encode(),
+            value=json.dumps(event).encode(),
+        )
+    await producer.stop()
+    await wait_until(lambda: emitted._value.get() >= before + count, 600, tag)
+    consumer = AIOKafkaConsumer(
+        settings.topic("classifications"),
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        group_id=None,
+    )
+    await consumer.start()
+    latencies: dict[str, float] = {}
+    try:
+        while len(latencies) < count:
+            batch = await consumer.getmany(timeout_ms=500)
+            for msgs in batch.values():
+                for m in msgs:
+                    rec = json.loads(m.value)
+                    if rec["item_id"].startswith(f"{tag}-"):
+                        latencies[rec["item_id"]] = rec["ts"] - rec["listing_ts"]
+    finally:
+        await consumer.stop()
+    values = np.array(sorted(latencies.values()))
+    return {
+        "rate_per_s": round(rate, 1),
+        "events": count,
+        "p50_s": round(float(np.percentile(values, 50)), 3),
+        "p99_s": round(float(np.percentile(values, 99)), 3),
     }
 
 
@@ -118,6 +198,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--json", action="store_true", help="(the last line is always JSON)")
+    parser.add_argument(
+        "--load-seconds",
+        type=float,
+        default=20.0,
+        help="then send at half and at full measured throughput this long each: latency",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     encoder = TransformerEncoder(device=os.environ.get("METAGUIDE_DEVICE", "auto"))
@@ -127,7 +213,7 @@ def main() -> None:
     encoder.embed_many(texts[:64])  # warm-up
     raw_before = bench_raw(encoder, texts, args.batch_size)
     batcher = asyncio.run(bench_batcher(encoder, texts, args.batch_size))
-    pipeline = asyncio.run(bench_pipeline(encoder, args.n, args.batch_size))
+    pipeline = asyncio.run(bench_pipeline(encoder, args.n, args.batch_size, args.load_seconds))
     raw_after = bench_raw(encoder, texts, args.batch_size)
     raw = (raw_before + raw_after) / 2
     result = {
@@ -142,6 +228,7 @@ def main() -> None:
         "pipeline_items_per_s": round(pipeline["pipeline_items_per_s"], 1),
         "pipeline_mean_batch": round(pipeline["mean_batch"], 1),
         "ratio": round(pipeline["pipeline_items_per_s"] / raw, 3),
+        "latency": pipeline["latency"],
     }
     out = Path(__file__).resolve().parent / "results" / "encoder.json"
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -94,6 +94,17 @@ def throughput_section(enc: dict[str, Any] | None, clicks: dict[str, Any] | None
             f"| listings (`bench/encoder.py`) | {enc['pipeline_items_per_s']:.0f} items/s | raw "
             f"encoder {enc['raw_items_per_s']:.0f} items/s | {enc['ratio']:.3f} | ratio 0.9 |"
         )
+    if enc and enc.get("latency"):
+        lat = enc["latency"]
+        lines.append(
+            "| listing latency, event time to classification (`bench/encoder.py`) | "
+            + "; ".join(
+                f"{name.replace('_', ' ')} ({v['rate_per_s']}/s): p50 {v['p50_s']} s, "
+                f"p99 {v['p99_s']} s"
+                for name, v in lat.items()
+            )
+            + " | | | |"
+        )
     if clicks:
         lines.append(
             f"| clicks (`bench/clicks.py`) | {clicks['pipeline_clicks_per_s']:,} clicks/s | raw "
