@@ -230,28 +230,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = [
-        "| data set | shots | raw prototypes | MAML adapter | logistic regression | SetFit "
-        "| SetFit train s |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for name, res in result["results"].items():
-        for k in result["shots"]:
-            row = res[f"{k}-shot"]
-            cells = [f"{row[m]['mean']:.3f} ± {row[m]['ci95']:.3f}" for m in METHODS]
-            lines.append(
-                f"| {name} ({row['n_way']}-way) | {k} | "
-                + " | ".join(cells)
-                + f" | {row['setfit_train_seconds']} |"
-            )
-    t = result["time_to_new_category_s"]
-    lines.append("")
-    lines.append(
-        f"A new category usable after: metaguide {t['metaguide'] * 1000:.0f} ms (embed 5 titles,"
-        f" insert), SetFit {t['setfit_retrain_5shot']:.0f} s (retrain, 5-shot); ratio "
-        f"{t['ratio']:.5f}."
-    )
-    return "\n".join(lines)
+    from report import fewshot_section  # bench/report.py: the README's table, the same rows
+
+    return "\n".join(fewshot_section(result))
 
 
 def plot(result: dict[str, Any], path: Path) -> None:

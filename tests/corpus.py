@@ -124,24 +124,7 @@ def _mutate(
     return event, reasons[kind], key
 
 
-LISTING_KINDS = [
-    "invalid_json",
-    "not_object",
-    "missing_field",
-    "unknown_field",
-    "wrong_type",
-    "empty_field",
-    "too_long",
-    "control_characters",
-    "negative_price",
-    "nan_price",
-    "ts_out_of_range",
-    "bad_platform",
-    "key_mismatch",
-    "wrong_schema",
-    "tombstone",
-]
-CLICK_KINDS = [
+COMMON_KINDS = [
     "invalid_json",
     "not_object",
     "missing_field",
@@ -152,11 +135,12 @@ CLICK_KINDS = [
     "control_characters",
     "ts_out_of_range",
     "bad_platform",
-    "unknown_action",
     "key_mismatch",
     "wrong_schema",
     "tombstone",
 ]
+LISTING_KINDS = [*COMMON_KINDS, "negative_price", "nan_price"]
+CLICK_KINDS = [*COMMON_KINDS, "unknown_action"]
 
 
 def _corpus(
