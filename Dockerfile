@@ -13,7 +13,6 @@ WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
 COPY metaguide ./metaguide
 COPY workers ./workers
-COPY schemas ./schemas
 RUN python -m venv /opt/metaguide \
  && if [ "$VARIANT" = "cpu" ]; then \
       /opt/metaguide/bin/pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0; \
@@ -23,7 +22,6 @@ RUN python -m venv /opt/metaguide \
 
 FROM python:${PYTHON}-slim
 COPY --from=build /opt/metaguide /opt/metaguide
-COPY schemas /opt/metaguide/schemas
 ENV PATH=/opt/metaguide/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HF_HUB_OFFLINE=1 \
