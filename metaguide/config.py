@@ -44,6 +44,9 @@ class Secret:
         return hash(self._value)
 
 
+EMBEDDED_TRAIN_INTERVAL_S = 600.0
+
+
 def _default_data_dir() -> str:
     return str(Path(__file__).resolve().parents[1].parent / "shared" / "data")
 
@@ -71,7 +74,9 @@ class Settings:
     repeat_min_ratio: float = 0.5  # buying an item again is its norm above this repeat share
     temperature: float = 0.05
     snapshot_dir: str = ""  # the snapshot store folder; "" = <state_dir>/snapshots
-    train_interval_s: float = 0.0  # in-worker training timer; 0 = off (run `metaguide train`)
+    # in-worker training timer: -1 = auto (every 10 min with the embedded broker, off with a
+    # real cluster, where `metaguide train` runs as its own workload); 0 = off
+    train_interval_s: float = -1.0
     metrics_port: int = 9464
     metrics_host: str = "0.0.0.0"
     web_port: int = 6066
@@ -109,12 +114,20 @@ class Settings:
             )
         if self.temperature <= 0:
             raise ConfigError(f"METAGUIDE_TEMPERATURE must be > 0, got {self.temperature}")
-        if self.train_interval_s < 0:
+        if self.train_interval_s < 0 and self.train_interval_s != -1:
             raise ConfigError(
-                f"METAGUIDE_TRAIN_INTERVAL_S must be >= 0, got {self.train_interval_s}"
+                f"METAGUIDE_TRAIN_INTERVAL_S must be >= 0 (or -1, auto), got "
+                f"{self.train_interval_s}"
             )
         if self.security_protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
             raise ConfigError(f"METAGUIDE_SECURITY_PROTOCOL is {self.security_protocol!r}")
+
+    @property
+    def effective_train_interval_s(self) -> float:
+        """The in-worker training period; 0 when the worker does not train."""
+        if self.train_interval_s == -1:
+            return EMBEDDED_TRAIN_INTERVAL_S if self.broker_profile == "embedded" else 0.0
+        return self.train_interval_s
 
     def topic(self, name: str) -> str:
         """Full topic name: prefix + name (``listings``, ``clicks``, ``classifications``...)."""

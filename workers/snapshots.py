@@ -92,7 +92,7 @@ async def _watch(worker: Worker, topic: Any) -> None:
 
 
 async def _train_periodically(worker: Worker) -> None:
-    interval = worker.settings.train_interval_s
+    interval = worker.settings.effective_train_interval_s
     while True:
         await asyncio.sleep(interval)
         try:
@@ -101,20 +101,25 @@ async def _train_periodically(worker: Worker) -> None:
             worker.metrics.trainings.labels("failed").inc()
             log.exception("training round failed")
             continue
-        outcome = "published" if result.published else "kept"
+        if result.published:
+            outcome = "published"
+        elif "challenger_accuracy" in result.evaluation:
+            outcome = "kept"  # trained, but did not beat the serving snapshot
+        else:
+            outcome = "skipped"  # not enough labelled data to train on
         worker.metrics.trainings.labels(outcome).inc()
         log.info("training round: %s", result.reason)
 
 
 def register_snapshots(worker: Worker, topic: Any) -> None:
-    """The watcher task, and the training timer when ``METAGUIDE_TRAIN_INTERVAL_S`` > 0."""
+    """The watcher task, and the training timer (``Settings.effective_train_interval_s``)."""
     app = worker.app
 
     @app.task
     async def watch_snapshots() -> None:
         await _watch(worker, topic)
 
-    if worker.settings.train_interval_s > 0:
+    if worker.settings.effective_train_interval_s > 0:
 
         @app.task
         async def train_periodically() -> None:

@@ -159,3 +159,36 @@ async def test_every_worker_swaps_to_a_published_snapshot_and_refuses_a_tampered
         "both workers to refuse the tampered snapshot",
     )
     assert all(serving(p) == {version} for p in ports)
+
+
+async def test_the_embedded_worker_trains_on_a_timer_from_what_it_learned(
+    broker: Any, worker_settings: Any, start_worker: Any
+) -> None:
+    """METAGUIDE_TRAIN_INTERVAL_S: the worker reads its own category-updates, trains, gates."""
+    settings = worker_settings(train_interval_s=1.0)
+    worker = await start_worker(settings)
+    listings = [x for x in load_myntra() if x.category in CATEGORIES]
+    split = few_shot_split(listings, 12, seed=3, max_test_per_category=0)
+    await produce_events(
+        broker.bootstrap,
+        settings.topic("listings"),
+        [listing_event(x, labelled=True) for x in split.labelled],
+        key_field="item_id",
+    )
+    await wait_until(
+        lambda: sum(worker.prototypes.categories().values()) == len(split.labelled),
+        120,
+        "labelled listings learned",
+    )
+
+    def rounds(outcome: str) -> float:
+        return worker.metrics.trainings.labels(outcome)._value.get()
+
+    # the first rounds may run before every example is in; wait for one that trained
+    await wait_until(lambda: rounds("published") + rounds("kept") >= 1, 300, "a training round")
+    assert rounds("failed") == 0
+    if rounds("published"):
+        await wait_until(lambda: worker.model_version != "base", 60, "the worker's own snapshot")
+    assert settings.effective_train_interval_s == 1.0
+    assert Settings(broker_profile="embedded").effective_train_interval_s == 600.0
+    assert Settings(broker_profile="kafka").effective_train_interval_s == 0.0
