@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -226,7 +227,7 @@ def evaluate_split(
         melu_seconds = time.perf_counter() - melu_started
 
     def melu(user: str) -> list[str]:
-        scores = melu_model.scores(catalog.matrix, in_catalog(user), seed=hash(user) % 2**31)
+        scores = melu_model.scores(catalog.matrix, in_catalog(user), seed=zlib.crc32(user.encode()))
         return masked_top(scores.astype(np.float64), user)
 
     methods: dict[str, Callable[[str], list[str]]] = {"metaguide": metaguide}
