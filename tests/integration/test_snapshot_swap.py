@@ -44,6 +44,19 @@ CATEGORIES = [
 ]
 
 
+async def send_labelled(broker: Any, settings: Settings, max_test: int) -> Any:
+    """12 labelled titles of each of CATEGORIES to the listings topic; returns the split."""
+    listings = [x for x in load_myntra() if x.category in CATEGORIES]
+    split = few_shot_split(listings, 12, seed=3, max_test_per_category=max_test)
+    await produce_events(
+        broker.bootstrap,
+        settings.topic("listings"),
+        [listing_event(x, labelled=True) for x in split.labelled],
+        key_field="item_id",
+    )
+    return split
+
+
 def serving(port: int) -> set[str]:
     return {
         k.split('version="')[1].rstrip('"}')
@@ -66,14 +79,7 @@ async def test_every_worker_swaps_to_a_published_snapshot_and_refuses_a_tampered
     await wait_until(lambda: all(scrape(p) for p in ports), 90, "both workers serving metrics")
     assert all(serving(p) == {"base"} for p in ports)
 
-    listings = [x for x in load_myntra() if x.category in CATEGORIES]
-    split = few_shot_split(listings, 12, seed=3, max_test_per_category=6)
-    await produce_events(
-        broker.bootstrap,
-        settings.topic("listings"),
-        [listing_event(x, labelled=True) for x in split.labelled],
-        key_field="item_id",
-    )
+    split = await send_labelled(broker, settings, max_test=6)
     await wait_until(
         lambda: all(
             scrape(p).get("metaguide_category_prototypes") == len(CATEGORIES) for p in ports
@@ -167,14 +173,7 @@ async def test_the_embedded_worker_trains_on_a_timer_from_what_it_learned(
     """METAGUIDE_TRAIN_INTERVAL_S: the worker reads its own category-updates, trains, gates."""
     settings = worker_settings(train_interval_s=1.0)
     worker = await start_worker(settings)
-    listings = [x for x in load_myntra() if x.category in CATEGORIES]
-    split = few_shot_split(listings, 12, seed=3, max_test_per_category=0)
-    await produce_events(
-        broker.bootstrap,
-        settings.topic("listings"),
-        [listing_event(x, labelled=True) for x in split.labelled],
-        key_field="item_id",
-    )
+    split = await send_labelled(broker, settings, max_test=0)
     await wait_until(
         lambda: sum(worker.prototypes.categories().values()) == len(split.labelled),
         120,
