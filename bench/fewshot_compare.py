@@ -49,7 +49,7 @@ from metaguide.config import Settings  # noqa: E402
 from metaguide.data import Listing  # noqa: E402
 from metaguide.embeddings import embed_cached  # noqa: E402
 from metaguide.encoder import TransformerEncoder, default_model_path  # noqa: E402
-from metaguide.fewshot import L2_GRID, load_titles, unique_titles  # noqa: E402
+from metaguide.fewshot import L2_GRID, load_titles, summary, unique_titles  # noqa: E402
 from metaguide.meta import (  # noqa: E402
     Adapter,
     Episode,
@@ -58,7 +58,6 @@ from metaguide.meta import (  # noqa: E402
     category_split,
     episode_accuracy,
     logistic_accuracy,
-    mean_ci,
     meta_train,
 )
 from metaguide.prototypes import CategoryPrototypes  # noqa: E402
@@ -109,10 +108,6 @@ def setfit_accuracy(
     seconds = time.monotonic() - started
     predicted = np.asarray(model.predict([texts[i] for i in ep.query]))
     return float((predicted == ep.query_y).mean()), seconds
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {k: round(float(v), 4) for k, v in mean_ci(np.asarray(values)).items()}
 
 
 def new_category_seconds(encoder: TransformerEncoder, texts: list[str]) -> float:

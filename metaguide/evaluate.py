@@ -47,6 +47,7 @@ from metaguide.recommend import (
     recommend,
 )
 from metaguide.retail import Purchase, RetailData
+from metaguide.stats import mean_ci
 from metaguide.users import UserProfile
 
 __all__ = [
@@ -94,14 +95,6 @@ def ranking_metrics(ranked: list[str], relevant: set[str], k: int) -> tuple[floa
     gains = [1.0 / math.log2(i + 2) for i, item in enumerate(ranked[:k]) if item in relevant]
     ideal = sum(1.0 / math.log2(i + 2) for i in range(min(k, len(relevant))))
     return (1.0 if gains else 0.0), (sum(gains) / ideal if ideal else 0.0)
-
-
-def _mean_ci(values: list[float]) -> dict[str, float]:
-    arr = np.asarray(values, dtype=np.float64)
-    if len(arr) == 0:
-        return {"mean": float("nan"), "ci95": float("nan")}
-    half = 1.96 * arr.std(ddof=1) / math.sqrt(len(arr)) if len(arr) > 1 else float("nan")
-    return {"mean": round(float(arr.mean()), 4), "ci95": round(float(half), 4)}
 
 
 def _cooccurrence(train: list[Purchase], index: dict[str, int]) -> np.ndarray:
@@ -255,8 +248,8 @@ def evaluate_split(
         results[name] = {
             group: {
                 "users": len(users),
-                f"hr@{k}": _mean_ci([per_user[u][0] for u in users]),
-                f"ndcg@{k}": _mean_ci([per_user[u][1] for u in users]),
+                f"hr@{k}": mean_ci([per_user[u][0] for u in users]),
+                f"ndcg@{k}": mean_ci([per_user[u][1] for u in users]),
             }
             for group, users in groups.items()
         }

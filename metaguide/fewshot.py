@@ -6,7 +6,7 @@ Held-out categories (new article types) and a held-out platform (cross-domain tr
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,10 +25,10 @@ from metaguide.meta import (
     episode_accuracy,
     fit_logistic,
     logistic_accuracy,
-    mean_ci,
     meta_train,
     proto_loss,
 )
+from metaguide.stats import mean_ci
 
 __all__ = [
     "TitleSet",
@@ -77,8 +77,9 @@ EPISODE_KINDS = {  # name -> (n_way, k_shot); None = every held-out category
 }
 
 
-def _summary(values: np.ndarray) -> dict[str, float]:
-    return {k: round(v, 4) if isinstance(v, float) else v for k, v in mean_ci(values).items()}
+def summary(values: Sequence[float] | np.ndarray) -> dict[str, float]:
+    """Per-episode accuracies: mean, 95% CI, and how many episodes."""
+    return {**mean_ci(values), "episodes": len(values)}
 
 
 def eval_fewshot(
@@ -138,11 +139,11 @@ def eval_fewshot(
         logreg = logistic_accuracy(titles.x, eps, l2=l2)
         results[name] = {
             "logistic_regression_l2": l2,
-            "raw_prototypes": _summary(raw),
-            "maml_adapter": _summary(maml),
-            "maml_init_no_adaptation": _summary(init),
-            "logistic_regression": _summary(logreg),
-            "maml_minus_raw": _summary(maml - raw),
+            "raw_prototypes": summary(raw),
+            "maml_adapter": summary(maml),
+            "maml_init_no_adaptation": summary(init),
+            "logistic_regression": summary(logreg),
+            "maml_minus_raw": summary(maml - raw),
             "n_way": eps[0].n_way,
         }
         if log:
@@ -310,10 +311,10 @@ def eval_crossdomain(
     w, b = fit_logistic(fs, full_y, len(cats), l2=l2, iterations=300)
     full_logreg = float(((q @ w + b).argmax(1) == qy).float().mean())
     res = {
-        "raw_prototypes_5shot": _summary(np.array(accs["raw"])),
-        "adapter_before_adaptation_5shot": _summary(np.array(accs["before"])),
-        "adapter_after_adaptation_5shot": _summary(np.array(accs["after"])),
-        "after_minus_raw": _summary(np.array(accs["after"]) - np.array(accs["raw"])),
+        "raw_prototypes_5shot": summary(np.array(accs["raw"])),
+        "adapter_before_adaptation_5shot": summary(np.array(accs["before"])),
+        "adapter_after_adaptation_5shot": summary(np.array(accs["after"])),
+        "after_minus_raw": summary(np.array(accs["after"]) - np.array(accs["raw"])),
         "full_data_raw_prototypes": round(accuracy(identity, fs, full_y), 4),
         "full_data_logistic_regression": round(full_logreg, 4),
         "full_data_logistic_regression_l2": l2,

@@ -446,10 +446,3 @@ def meta_train(
                 )
     last = Adapter.from_tensors(params)
     return TrainReport(best_adapter, cfg, seen, best_at, identity_acc, best_acc, curve, last)
-
-
-def mean_ci(values: np.ndarray) -> dict[str, float]:
-    """Mean and the half-width of its 95% confidence interval (normal approximation)."""
-    n = len(values)
-    half = 1.96 * float(values.std(ddof=1)) / math.sqrt(n) if n > 1 else float("nan")
-    return {"mean": float(values.mean()), "ci95": half, "episodes": n}

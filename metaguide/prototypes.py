@@ -90,6 +90,8 @@ class CategoryPrototypes:
         self._means: dict[str, tuple[list[str], np.ndarray]] = {}
         self._seen_counts: dict[str, dict[str, int]] = {}
         self._checked_at: dict[str, float] = {}
+        # per platform: (the means it was computed from, the transform, transform(means))
+        self._mapped: dict[str, tuple[np.ndarray, Any, np.ndarray]] = {}
 
     def update_one(
         self, platform: str, category: str, embedding: np.ndarray, event_id: str | None = None
@@ -172,7 +174,7 @@ class CategoryPrototypes:
             return [[] for _ in range(len(embeddings))]
         x = np.asarray(embeddings, dtype=np.float32)
         if transform is not None:
-            x, means = transform(x), transform(means)
+            x, means = transform(x), self._mapped_means(platform, means, transform)
         # squared Euclidean distance, as in prototypical networks
         d2 = (x * x).sum(1, keepdims=True) - 2.0 * x @ means.T + (means * means).sum(1)[None, :]
         out = []
@@ -181,6 +183,17 @@ class CategoryPrototypes:
             top = np.argsort(-probs, kind="stable")[:k]
             out.append([(names[i], float(probs[i])) for i in top])
         return out
+
+    def _mapped_means(
+        self, platform: str, means: np.ndarray, transform: Callable[[np.ndarray], np.ndarray]
+    ) -> np.ndarray:
+        """``transform(means)``, computed once per matrix of means and transform."""
+        cached = self._mapped.get(platform)
+        if cached is not None and cached[0] is means and cached[1] == transform:
+            return cached[2]
+        mapped = transform(means)
+        self._mapped[platform] = (means, transform, mapped)
+        return mapped
 
     def nearest_one(
         self,

@@ -9,7 +9,7 @@ from aiokafka import AIOKafkaProducer
 
 from metaguide.events import encode_json
 
-__all__ = ["produce_events", "kafka_client_options"]
+__all__ = ["produce_events", "kafka_client_options", "read_to_end"]
 
 
 def kafka_client_options(settings: Any) -> dict[str, Any]:
@@ -62,3 +62,35 @@ async def produce_events(
         if own:
             await producer.stop()
     return sent
+
+
+async def read_to_end(bootstrap: str, topic: str, **client_options: Any) -> list[Any]:
+    """Every record of a topic, from the beginning to the end offsets seen at the start
+    ([] when the topic does not exist yet). A group-less consumer: commits nothing."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, **client_options
+    )
+    await consumer.start()
+    try:
+        if topic not in await consumer.topics():
+            return []
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        if not tps:
+            return []  # its metadata is not in yet
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        records: list[Any] = []
+        pending = {tp for tp in tps if end[tp] > 0}
+        while pending:
+            batch = await consumer.getmany(*pending, timeout_ms=500)
+            for msgs in batch.values():
+                records.extend(msgs)
+            for tp in list(pending):
+                if await consumer.position(tp) >= end[tp]:
+                    pending.discard(tp)
+        return records
+    finally:
+        await consumer.stop()

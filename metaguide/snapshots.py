@@ -74,6 +74,7 @@ class Snapshot:
     init: Adapter
     platforms: dict[str, Adapter] = field(default_factory=dict)
     manifest: dict[str, Any] = field(default_factory=dict)
+    sha256: str = ""  # of the manifest: what the announcement pinned
 
     def adapter_for(self, platform: str) -> Adapter:
         """The platform's adapted weights, or the meta-learned initialisation."""
@@ -93,6 +94,10 @@ class SnapshotStore(Protocol):
     def read(self, uri: str, name: str) -> bytes: ...
 
     def versions(self, model: str) -> list[int]: ...
+
+    def uri(self, model: str, version: int) -> str:
+        """Where a stored version is (what an announcement carries)."""
+        ...
 
 
 class FolderStore:
@@ -226,7 +231,7 @@ def load_snapshot(
         return Adapter(u.astype(np.float32), v.astype(np.float32))
 
     platforms = {p: adapter(prefix) for p, prefix in manifest["platforms"].items()}
-    return Snapshot(str(manifest["version"]), adapter("init"), platforms, manifest)
+    return Snapshot(str(manifest["version"]), adapter("init"), platforms, manifest, manifest_sha256)
 
 
 # --------------------------------------------------------------------------- announcements

@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from metaguide.meta import (
     meta_train,
 )
 from metaguide.prototypes import prototype_key
-from metaguide.replay import kafka_client_options
+from metaguide.replay import kafka_client_options, read_to_end
 from metaguide.snapshots import (
     MANIFEST,
     MODEL_NAME,
@@ -109,36 +109,7 @@ def _bootstrap(settings: Settings) -> str:
 
 
 async def _read_topic(settings: Settings, topic: str) -> list[Any]:
-    """Every record of a topic, from the beginning to the end offsets seen at the start."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=_bootstrap(settings),
-        group_id=None,
-        enable_auto_commit=False,
-        **kafka_client_options(settings),
-    )
-    await consumer.start()
-    try:
-        if topic not in await consumer.topics():
-            return []
-        parts = sorted(consumer.partitions_for_topic(topic) or ())
-        tps = [TopicPartition(topic, p) for p in parts]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
-        records: list[Any] = []
-        pending = {tp for tp in tps if end[tp] > 0}
-        while pending:
-            batch = await consumer.getmany(*pending, timeout_ms=1000)
-            for msgs in batch.values():
-                records.extend(msgs)
-            for tp in list(pending):
-                if await consumer.position(tp) >= end[tp]:
-                    pending.discard(tp)
-        return records
-    finally:
-        await consumer.stop()
+    return await read_to_end(_bootstrap(settings), topic, **kafka_client_options(settings))
 
 
 async def read_labelled(settings: Settings) -> Labelled:
@@ -282,16 +253,16 @@ async def train_once(
         labels, min_items=min_items, val_fraction=0.25, test_fraction=0.0, seed=cfg.seed
     )
     usable_train = [c for c in split["train"] if labels.count(c) > cfg.k_shot]
-    if len(split["val"]) < 2 or len(usable_train) < cfg.n_way:
-        cfg.n_way = min(cfg.n_way, len(usable_train))
-        if len(split["val"]) < 2 or cfg.n_way < 2:
-            return TrainResult(
-                False,
-                f"not enough labelled categories: {len(usable_train)} to train on, "
-                f"{len(split['val'])} to validate on (need categories with >= {min_items} "
-                "distinct examples)",
-                {"categories": len(set(labels)), "examples": len(labels)},
-            )
+    # training episodes cannot be wider than the categories there are to train on
+    cfg = replace(cfg, n_way=min(cfg.n_way, len(usable_train)))
+    if len(split["val"]) < 2 or cfg.n_way < 2:
+        return TrainResult(
+            False,
+            f"not enough labelled categories: {len(usable_train)} to train on, "
+            f"{len(split['val'])} to validate on (need categories with >= {min_items} "
+            "distinct examples)",
+            {"categories": len(set(labels)), "examples": len(labels)},
+        )
     serving = await latest_announcement(settings)
     champion: Snapshot | None = None
     if serving is not None:
@@ -381,9 +352,7 @@ async def rollback(
         to = earlier[-1]
     if to not in versions:
         raise SnapshotError("unknown_version", f"version {to} is not in the store ({versions})")
-    uri = store.uri(MODEL_NAME, to) if isinstance(store, FolderStore) else None
-    if uri is None:
-        raise SnapshotError("bad_store", "rollback needs a store that can name a version's URI")
+    uri = store.uri(MODEL_NAME, to)
     manifest = store.read(uri, MANIFEST)
     value = announcement(to, uri, manifest, action="rollback")
     load_snapshot(store, uri, value["sha256"])  # refuse to announce what a worker would refuse

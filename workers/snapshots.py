@@ -34,7 +34,7 @@ async def offer_snapshot(worker: Worker, raw: bytes) -> bool:
     try:
         ann = parse_announcement(raw)
         current = worker.snapshot
-        if current is not None and current.manifest.get("_sha256") == ann["sha256"]:
+        if current is not None and current.sha256 == ann["sha256"]:
             return True  # already serving exactly this one
         snap = await asyncio.to_thread(
             load_snapshot,
@@ -53,7 +53,6 @@ async def offer_snapshot(worker: Worker, raw: bytes) -> bool:
             worker.model_version,
         )
         return False
-    snap.manifest["_sha256"] = ann["sha256"]
     old = worker.model_version
     worker.snapshot = snap  # the swap: one reference, read once per listing
     worker.metrics.snapshot_swaps.inc()

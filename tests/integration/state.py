@@ -1,46 +1,86 @@
-"""Final worker state read from the table changelogs, and how two such states must compare."""
+"""A stream of listings and clicks, the final worker state read from the table changelogs,
+and how two such states must compare."""
 
 from __future__ import annotations
 
 import json
+import random
+from collections import defaultdict
 from typing import Any
 
 import numpy as np
 import pytest
 
+from metaguide.data import listing_event, load_myntra
 from metaguide.events import vector_from_b64
+from metaguide.replay import produce_events, read_to_end
 
-__all__ = ["complete", "compare_states", "final_state"]
+__all__ = ["complete", "compare_states", "final_state", "send", "stream_events"]
+
+CATEGORIES = ["Watches", "Tshirts", "Socks", "Handbags", "Sunglasses", "Casual Shoes"]
+PER_CATEGORY = 20
+USERS = 20
+CLICKS = 400
+
+
+def stream_events(seed: int = 0) -> list[tuple[str, dict[str, Any]]]:
+    """(topic name, event) in send order: listings first in each stretch, then clicks on them."""
+    rng = random.Random(seed)
+    pool: dict[str, list[Any]] = defaultdict(list)
+    seen: set[str] = set()
+    for x in load_myntra():
+        if (
+            x.category in CATEGORIES
+            and x.title not in seen
+            and len(pool[x.category]) < PER_CATEGORY
+        ):
+            seen.add(x.title)
+            pool[x.category].append(x)
+    listings = [x for c in CATEGORIES for x in pool[c]]
+    rng.shuffle(listings)
+    out: list[tuple[str, dict[str, Any]]] = []
+    listed: list[str] = []
+    per_stretch = len(listings) // 10
+    clicks_per_stretch = CLICKS // 10
+    n = 0
+    for stretch in range(10):
+        for x in listings[stretch * per_stretch : (stretch + 1) * per_stretch]:
+            out.append(("listings", listing_event(x, labelled=True, ts=1.7e9 + n)))
+            listed.append(x.item_id)
+            n += 1
+        for _ in range(clicks_per_stretch):
+            user = f"user-{rng.randrange(USERS)}"
+            action = rng.choice(["view", "click", "cart", "purchase"])
+            out.append(
+                (
+                    "clicks",
+                    {
+                        "event_id": f"c-{n}",
+                        "platform": "myntra",
+                        "user_id": user,
+                        "item_id": rng.choice(listed),
+                        "action": action,
+                        "ts": 1.7e9 + n,
+                    },
+                )
+            )
+            n += 1
+    return out
+
+
+async def send(bootstrap: str, prefix: str, events: list[tuple[str, dict[str, Any]]]) -> None:
+    for topic, key in (("listings", "item_id"), ("clicks", "user_id")):
+        chunk = [e for t, e in events if t == topic]
+        if chunk:
+            await produce_events(bootstrap, prefix + topic, chunk, key_field=key)
 
 
 async def _read_changelog(bootstrap: str, topic: str) -> dict[bytes, Any]:
     """The last value of every key of a changelog topic (what a recovering worker would load)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    await consumer.start()
-    try:
-        if topic not in await consumer.topics():
-            return {}
-        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        if not tps:
-            return {}  # metadata not in yet: the caller asks again
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
-        state: dict[bytes, Any] = {}
-        pending = {tp for tp in tps if end[tp] > 0}
-        while pending:
-            batch = await consumer.getmany(*pending, timeout_ms=500)
-            for msgs in batch.values():
-                for m in msgs:
-                    state[m.key] = None if m.value is None else json.loads(m.value)
-            for tp in list(pending):
-                if await consumer.position(tp) >= end[tp]:
-                    pending.discard(tp)
-        return state
-    finally:
-        await consumer.stop()
+    return {
+        m.key: None if m.value is None else json.loads(m.value)
+        for m in await read_to_end(bootstrap, topic)
+    }
 
 
 async def final_state(bootstrap: str, app_id: str) -> dict[str, Any]:

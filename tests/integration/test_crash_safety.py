@@ -28,7 +28,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -36,70 +35,12 @@ import numpy as np
 import pytest
 
 from metaguide.broker import free_port
-from metaguide.data import listing_event, load_myntra
-from metaguide.replay import produce_events
 from metaguide.waiting import wait_until, wait_until_async
-from tests.integration.state import compare_states, complete, final_state
+from tests.integration.state import compare_states, complete, final_state, send, stream_events
 
 pytestmark = pytest.mark.integration
 
 CYCLES = int(os.environ.get("METAGUIDE_CRASH_CYCLES", "20"))
-CATEGORIES = ["Watches", "Tshirts", "Socks", "Handbags", "Sunglasses", "Casual Shoes"]
-PER_CATEGORY = 20
-USERS = 20
-CLICKS = 400
-
-
-def _events(seed: int = 0) -> list[tuple[str, dict[str, Any]]]:
-    """(topic name, event) in send order: listings first in each stretch, then clicks on them."""
-    rng = random.Random(seed)
-    pool: dict[str, list[Any]] = defaultdict(list)
-    seen: set[str] = set()
-    for x in load_myntra():
-        if (
-            x.category in CATEGORIES
-            and x.title not in seen
-            and len(pool[x.category]) < PER_CATEGORY
-        ):
-            seen.add(x.title)
-            pool[x.category].append(x)
-    listings = [x for c in CATEGORIES for x in pool[c]]
-    rng.shuffle(listings)
-    out: list[tuple[str, dict[str, Any]]] = []
-    listed: list[str] = []
-    per_stretch = len(listings) // 10
-    clicks_per_stretch = CLICKS // 10
-    n = 0
-    for stretch in range(10):
-        for x in listings[stretch * per_stretch : (stretch + 1) * per_stretch]:
-            out.append(("listings", listing_event(x, labelled=True, ts=1.7e9 + n)))
-            listed.append(x.item_id)
-            n += 1
-        for _ in range(clicks_per_stretch):
-            user = f"user-{rng.randrange(USERS)}"
-            action = rng.choice(["view", "click", "cart", "purchase"])
-            out.append(
-                (
-                    "clicks",
-                    {
-                        "event_id": f"c-{n}",
-                        "platform": "myntra",
-                        "user_id": user,
-                        "item_id": rng.choice(listed),
-                        "action": action,
-                        "ts": 1.7e9 + n,
-                    },
-                )
-            )
-            n += 1
-    return out
-
-
-async def _send(bootstrap: str, prefix: str, events: list[tuple[str, dict[str, Any]]]) -> None:
-    for topic, key in (("listings", "item_id"), ("clicks", "user_id")):
-        chunk = [e for t, e in events if t == topic]
-        if chunk:
-            await produce_events(bootstrap, prefix + topic, chunk, key_field=key)
 
 
 class WorkerProcess:
@@ -164,7 +105,7 @@ def _env(broker: Any, app_id: str, state_dir: Path) -> dict[str, str]:
 async def test_sigkill_cycles_lose_nothing_and_count_nothing_twice(
     broker: Any, tmp_path: Path
 ) -> None:
-    events = _events()
+    events = stream_events()
     n_listings = sum(1 for t, _ in events if t == "listings")
     n_clicks = len(events) - n_listings
     run = os.urandom(3).hex()
@@ -174,7 +115,7 @@ async def test_sigkill_cycles_lose_nothing_and_count_nothing_twice(
     ref_id = f"ref-{run}"
     reference = WorkerProcess(_env(broker, ref_id, tmp_path / "ref"), tmp_path / "ref.log")
     try:
-        await _send(broker.bootstrap, f"{ref_id}.", events)
+        await send(broker.bootstrap, f"{ref_id}.", events)
         await wait_until_async(
             lambda: _complete_async(broker.bootstrap, ref_id, n_listings, n_clicks),
             300,
@@ -194,7 +135,7 @@ async def test_sigkill_cycles_lose_nothing_and_count_nothing_twice(
         try:
             await wait_until(lambda w=worker: w.consumed() >= 0, 120, f"worker {cycle} up")
             chunk = [events[i] for i in idx]
-            await _send(broker.bootstrap, f"{app_id}.", chunk)
+            await send(broker.bootstrap, f"{app_id}.", chunk)
             share = rng.random()
             target = share * len(chunk)
             await wait_until(lambda w=worker, t=target: w.consumed() >= t, 120, "a share read")

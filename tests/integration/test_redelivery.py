@@ -17,8 +17,7 @@ from typing import Any
 import pytest
 
 from metaguide.waiting import wait_until_async
-from tests.integration.state import compare_states, complete, final_state
-from tests.integration.test_crash_safety import _events, _send
+from tests.integration.state import compare_states, complete, final_state, send, stream_events
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +53,7 @@ def _duplicated_and_reordered(
 async def test_duplicates_and_cross_key_reordering_change_nothing(
     broker: Any, worker_settings: Any, start_worker: Any
 ) -> None:
-    events = _events(seed=5)
+    events = stream_events(seed=5)
     n_listings = sum(1 for t, _ in events if t == "listings")
     n_clicks = len(events) - n_listings
     states = []
@@ -62,7 +61,7 @@ async def test_duplicates_and_cross_key_reordering_change_nothing(
     for i, stream in enumerate((events, _duplicated_and_reordered(events, seed=6))):
         settings = worker_settings(app_id=f"rd{i}-{run}", topic_prefix=f"rd{i}{run}.")
         worker = await start_worker(settings)
-        await _send(broker.bootstrap, settings.topic(""), stream)
+        await send(broker.bootstrap, settings.topic(""), stream)
 
         async def done(app_id: str = settings.app_id) -> bool:
             return complete(await final_state(broker.bootstrap, app_id), n_listings, n_clicks)
