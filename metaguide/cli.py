@@ -185,7 +185,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
             progress=_stderr,
         )
         data = Labelled.from_rows(
-            [("myntra", x.category, v) for x, v in zip(titles.listings, titles.x, strict=True)],
+            [
+                (x.item_id, "myntra", x.category, v)
+                for x, v in zip(titles.listings, titles.x, strict=True)
+            ],
             {"source": str(MYNTRA_FILE)},
         )
     config = MetaConfig(seed=args.seed, second_order=args.second_order)

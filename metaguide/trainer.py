@@ -70,7 +70,7 @@ ADAPT_PER_CATEGORY = 20  # labelled examples per category used to adapt a platfo
 
 @dataclass
 class Labelled:
-    """Labelled base embeddings: one row per distinct embedding (so per distinct title)."""
+    """Labelled base embeddings: one row per labelled event, and per distinct title."""
 
     x: np.ndarray
     platforms: list[str]
@@ -82,14 +82,24 @@ class Labelled:
         return [prototype_key(p, c) for p, c in zip(self.platforms, self.categories, strict=True)]
 
     @classmethod
-    def from_rows(cls, rows: list[tuple[str, str, np.ndarray]], window: dict[str, Any]) -> Labelled:
+    def from_rows(
+        cls, rows: list[tuple[str, str, str, np.ndarray]], window: dict[str, Any]
+    ) -> Labelled:
+        """From (event id, platform, category, embedding) rows.
+
+        A redelivered event (at least once) repeats its event id; its embedding may differ in
+        the last bits (another micro-batch), so the id, not the vector, says it is the same.
+        Then one row per vector: the same title listed twice embeds the same.
+        """
+        seen_ids: set[str] = set()
         seen: set[bytes] = set()
         keep = []
-        for platform, category, emb in rows:
-            digest = np.asarray(emb, dtype=np.float16).tobytes()  # same title -> same vector
-            if digest not in seen:
+        for event_id, platform, category, emb in rows:
+            digest = np.asarray(emb, dtype=np.float16).tobytes()
+            if event_id not in seen_ids and digest not in seen:
                 seen.add(digest)
                 keep.append((platform, category, emb))
+            seen_ids.add(event_id)
         if not keep:
             return cls(np.zeros((0, 0), np.float32), [], [], window)
         return cls(
@@ -121,7 +131,12 @@ async def read_labelled(settings: Settings) -> Labelled:
         try:
             update = json.loads(rec.value)
             rows.append(
-                (update["platform"], update["category"], vector_from_b64(update["emb"], np.float32))
+                (
+                    update["event_id"],
+                    update["platform"],
+                    update["category"],
+                    vector_from_b64(update["emb"], np.float32),
+                )
             )
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("skipping unreadable category update at offset %s: %s", rec.offset, exc)

@@ -137,3 +137,20 @@ def test_logistic_regression_baseline_learns(
     x, labels, split = data
     episodes = EpisodeSampler(labels, split["test"], n_way=5, k_shot=5, q_query=10).episodes(20)
     assert logistic_accuracy(x, episodes).mean() > 0.4  # chance is 0.2
+
+
+def test_trainer_input_counts_a_redelivered_event_once() -> None:
+    from metaguide.trainer import Labelled
+
+    gen = np.random.default_rng(0)
+    a, b = gen.standard_normal(8).astype(np.float32), gen.standard_normal(8).astype(np.float32)
+    redelivered = a + np.float32(1e-3)  # the same listing embedded again in another batch
+    rows = [
+        ("e1", "shop", "hats", a),
+        ("e2", "shop", "hats", b),
+        ("e1", "shop", "hats", redelivered),
+        ("e3", "shop", "hats", a.copy()),  # the same title listed again: the same vector
+    ]
+    data = Labelled.from_rows(rows, {})
+    assert len(data.labels) == 2
+    assert data.window["duplicates_dropped"] == 2
