@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import faust
 import numpy as np
 from faust.types import EventT, StreamT
+from mode.utils.objects import cached_property
 
 from metaguide.batching import MicroBatcher
 from metaguide.config import Settings
@@ -38,6 +39,7 @@ from metaguide.metrics import Metrics
 from metaguide.prototypes import CategoryPrototypes, prototype_key
 from metaguide.snapshots import BASE_MODEL_VERSION, Snapshot
 from workers.clicks import ClickPath, register_click_path
+from workers.flow import KeepingFlowControl
 from workers.ops import readiness, register_ops
 from workers.snapshots import register_snapshots
 
@@ -53,6 +55,14 @@ class Embedder(Protocol):
     dim: int
 
     def embed_many(self, texts: list[str]) -> np.ndarray: ...
+
+
+class App(faust.App):
+    """A Faust app whose stream buffers are fetched again when flow control clears them."""
+
+    @cached_property
+    def flow_control(self) -> KeepingFlowControl:
+        return KeepingFlowControl(self)
 
 
 def faust_settings(settings: Settings) -> dict[str, Any]:
@@ -307,7 +317,7 @@ def create_worker(
             settings.model, device=settings.device, max_length=settings.max_length
         )
     metrics = metrics or Metrics()
-    app = faust.App(settings.app_id, **faust_settings(settings))
+    app = App(settings.app_id, **faust_settings(settings))
 
     def raw_topic(name: str, **kwargs: Any) -> Any:
         return app.topic(
