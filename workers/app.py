@@ -166,6 +166,7 @@ class Worker:
     clicks: ClickPath | None = None
     snapshot: Snapshot | None = None  # None: base embeddings, no adapter
     snapshots_caught_up: bool = False  # the snapshots topic read to its end once
+    catalog_caught_up: bool = False  # the items changelog read to its end once
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property

@@ -23,8 +23,9 @@ the input topics, so a pack lands where its items' (or users') state lives.
 
 The API (``GET /recommendations/{platform}/{user_id}?k=10``) is routed by Faust to the worker
 that owns the user's partition of ``user-updates``, which holds the user's profile. Candidates
-and their statistics come from two global tables every worker reads: ``catalog`` (every item's
-embedding) and ``platform-summaries`` (every partition's summaries, published by its owner).
+and their statistics come from every worker's replica of the ``items`` changelog
+(``catalog``, workers/catalog.py) and the global table ``platform-summaries`` (every
+partition's summaries, published by its owner).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ from metaguide.recommend import (
 from metaguide.snapshots import BASE_MODEL_VERSION
 from metaguide.users import UserProfile, user_key
 from workers.batches import EventBatches
+from workers.catalog import follow_items
 
 if TYPE_CHECKING:
     from workers.app import Worker
@@ -122,7 +124,7 @@ class ClickPath:
     config: RecommendConfig
     topics: dict[str, Any]
     users: Any
-    catalog: Any
+    catalog: dict[bytes, Any]
     summaries: Any  # partitioned: this worker's own partition summaries
     platform_summaries: Any  # global: every partition's summaries, for scoring
     waiting: dict[str, list[_Waiting]] = field(default_factory=lambda: defaultdict(list))
@@ -658,7 +660,7 @@ def register_click_path(worker: Worker, raw_topic: Callable[..., Any]) -> ClickP
         config=recommend_config(settings),
         topics=topics,
         users=table("users", "platform/user_id -> preference prototypes, recent ids, bought"),
-        catalog=global_table("catalog", "item_id -> platform, base embedding (fp16), listed ts"),
+        catalog={},  # item_id -> the items table's value, every partition's (workers/catalog.py)
         summaries=table("summaries", "kind/platform/partition -> item popularity or purchases"),
         platform_summaries=global_table(
             "platform-summaries", "kind/platform/partition -> item popularity or purchases"
@@ -679,6 +681,10 @@ def register_click_path(worker: Worker, raw_topic: Callable[..., Any]) -> ClickP
                 await batches.add(event)
 
         return agent
+
+    @app.task
+    async def follow_catalog() -> None:
+        await follow_items(worker, path.catalog)
 
     @app.task
     async def click_router() -> None:

@@ -37,6 +37,7 @@ def readiness(worker: Worker) -> dict[str, bool]:
         "partitions_assigned": assigned,
         "tables_recovered": app.tables.recovery.completed.is_set(),  # type: ignore[attr-defined]
         "model_loaded": worker.snapshots_caught_up,
+        "catalog_loaded": worker.catalog_caught_up,
     }
 
 
