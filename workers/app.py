@@ -39,7 +39,7 @@ from metaguide.metrics import Metrics
 from metaguide.prototypes import CategoryPrototypes, prototype_key
 from metaguide.snapshots import BASE_MODEL_VERSION, Snapshot
 from workers.clicks import ClickPath, register_click_path
-from workers.flow import KeepingFlowControl
+from workers.flow import KeepingFlowControl, SeekClearingConsumer
 from workers.ops import readiness, register_ops
 from workers.snapshots import register_snapshots
 
@@ -58,11 +58,18 @@ class Embedder(Protocol):
 
 
 class App(faust.App):
-    """A Faust app whose stream buffers are fetched again when flow control clears them."""
+    """A Faust app whose stream buffers are cleared when its consumer seeks back to the
+    committed offsets, not when flow resumes (workers/flow.py)."""
 
     @cached_property
     def flow_control(self) -> KeepingFlowControl:
         return KeepingFlowControl(self)
+
+    def _new_transport(self) -> Any:
+        transport = super()._new_transport()
+        if transport.Consumer is SeekClearingConsumer.__mro__[1]:  # Faust's aiokafka driver
+            transport.Consumer = SeekClearingConsumer  # type: ignore[misc]
+        return transport
 
 
 def faust_settings(settings: Settings) -> dict[str, Any]:

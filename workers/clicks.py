@@ -67,6 +67,7 @@ from metaguide.snapshots import BASE_MODEL_VERSION
 from metaguide.users import UserProfile, user_key
 from workers.batches import EventBatches
 from workers.catalog import follow_items
+from workers.flow import EMBEDDED_FETCH_MAX_WAIT_MS
 
 if TYPE_CHECKING:
     from workers.app import Worker
@@ -563,8 +564,13 @@ class ClickRouter:
         settings = self.settings
         options: dict[str, Any] = {}
         if settings.broker_profile == "embedded":
-            # Tansu holds a JoinGroup for about half the session timeout
-            options.update(session_timeout_ms=6000, heartbeat_interval_ms=500)
+            # Tansu holds a JoinGroup for about half the session timeout, and every fetch
+            # for the whole fetch wait (workers/flow.py)
+            options.update(
+                session_timeout_ms=6000,
+                heartbeat_interval_ms=500,
+                fetch_max_wait_ms=EMBEDDED_FETCH_MAX_WAIT_MS,
+            )
         return AIOKafkaConsumer(
             settings.topic("clicks"),
             bootstrap_servers=settings.broker_url.removeprefix("kafka://").replace(";", ","),
