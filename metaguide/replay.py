@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
 from metaguide.events import encode_json
 
-__all__ = ["produce_events", "kafka_client_options", "read_to_end"]
+__all__ = ["follow_topic", "produce_events", "kafka_client_options", "read_to_end"]
 
 
 def kafka_client_options(settings: Any) -> dict[str, Any]:
@@ -67,11 +67,9 @@ async def produce_events(
 async def read_to_end(bootstrap: str, topic: str, **client_options: Any) -> list[Any]:
     """Every record of a topic, from the beginning to the end offsets seen at the start
     ([] when the topic does not exist yet). A group-less consumer: commits nothing."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
 
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, **client_options
-    )
+    consumer = _group_less_consumer(bootstrap, **client_options)
     await consumer.start()
     try:
         if topic not in await consumer.topics():
@@ -94,3 +92,49 @@ async def read_to_end(bootstrap: str, topic: str, **client_options: Any) -> list
         return records
     finally:
         await consumer.stop()
+
+
+async def follow_topic(
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    handle: Callable[[list[Any]], Awaitable[None]],
+    caught_up: Callable[[], None],
+    *,
+    max_records: int | None = None,
+    **client_options: Any,
+) -> None:
+    """Read a topic from its beginning, forever, with a group-less consumer (commits
+    nothing): ``handle`` gets each fetched partition's records in order, and ``caught_up`` is
+    called once every partition has been read to the end offsets seen at the start."""
+    from aiokafka import TopicPartition
+
+    consumer = _group_less_consumer(bootstrap, **client_options)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        behind = {tp for tp in tps if end[tp] > 0}
+        reported = False
+        while True:
+            if not behind and not reported:
+                caught_up()
+                reported = True
+            batch = await consumer.getmany(timeout_ms=500, max_records=max_records)
+            for records in batch.values():
+                await handle(records)
+            for tp in list(behind):
+                if await consumer.position(tp) >= end[tp]:
+                    behind.discard(tp)
+    finally:
+        await consumer.stop()
+
+
+def _group_less_consumer(bootstrap: str, **client_options: Any) -> Any:
+    from aiokafka import AIOKafkaConsumer
+
+    return AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, **client_options
+    )

@@ -20,7 +20,6 @@ from typing import Any, Protocol
 import faust
 import numpy as np
 from faust.types import EventT, StreamT
-from mode.utils.objects import cached_property
 
 from metaguide.batching import MicroBatcher
 from metaguide.config import Settings
@@ -39,7 +38,7 @@ from metaguide.metrics import Metrics
 from metaguide.prototypes import CategoryPrototypes, prototype_key
 from metaguide.snapshots import BASE_MODEL_VERSION, Snapshot
 from workers.clicks import ClickPath, register_click_path
-from workers.flow import KeepingFlowControl, SeekClearingConsumer
+from workers.flow import App
 from workers.ops import readiness, register_ops
 from workers.snapshots import register_snapshots
 
@@ -55,21 +54,6 @@ class Embedder(Protocol):
     dim: int
 
     def embed_many(self, texts: list[str]) -> np.ndarray: ...
-
-
-class App(faust.App):
-    """A Faust app whose stream buffers are cleared when its consumer seeks back to the
-    committed offsets, not when flow resumes (workers/flow.py)."""
-
-    @cached_property
-    def flow_control(self) -> KeepingFlowControl:
-        return KeepingFlowControl(self)
-
-    def _new_transport(self) -> Any:
-        transport = super()._new_transport()
-        if transport.Consumer is SeekClearingConsumer.__mro__[1]:  # Faust's aiokafka driver
-            transport.Consumer = SeekClearingConsumer  # type: ignore[misc]
-        return transport
 
 
 def faust_settings(settings: Settings) -> dict[str, Any]:

@@ -36,10 +36,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from mode.utils.objects import cached_property
 from mode.utils.queues import FlowControlEvent
 
-__all__ = ["EMBEDDED_FETCH_MAX_WAIT_MS", "KeepingFlowControl", "SeekClearingConsumer"]
+__all__ = ["EMBEDDED_FETCH_MAX_WAIT_MS", "App", "KeepingFlowControl", "SeekClearingConsumer"]
 
 EMBEDDED_FETCH_MAX_WAIT_MS = 50
 
@@ -62,3 +64,18 @@ class SeekClearingConsumer(faust_aiokafka.Consumer):
     async def perform_seek(self) -> None:
         self.app.flow_control.clear()
         await super().perform_seek()
+
+
+class App(faust.App):
+    """The worker's Faust app: :class:`KeepingFlowControl` and, with Faust's aiokafka driver,
+    :class:`SeekClearingConsumer`."""
+
+    @cached_property
+    def flow_control(self) -> KeepingFlowControl:
+        return KeepingFlowControl(self)
+
+    def _new_transport(self) -> Any:
+        transport = super()._new_transport()
+        if transport.Consumer is faust_aiokafka.Consumer:
+            transport.Consumer = SeekClearingConsumer  # type: ignore[misc]
+        return transport

@@ -15,7 +15,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from metaguide.replay import kafka_client_options
+from metaguide.replay import follow_topic, kafka_client_options
 from metaguide.snapshots import SnapshotError, load_snapshot, parse_announcement
 from metaguide.trainer import snapshot_store, train_once
 
@@ -64,30 +64,22 @@ async def offer_snapshot(worker: Worker, raw: bytes) -> bool:
 
 
 async def _watch(worker: Worker, topic: Any) -> None:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    async def offer_all(records: list[Any]) -> None:
+        for record in records:
+            await offer_snapshot(worker, record.value)
+
+    def caught_up() -> None:
+        worker.snapshots_caught_up = True  # serving what was announced at start
 
     await topic.maybe_declare()
-    name = topic.get_topic_name()
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=worker.settings.broker_url.removeprefix("kafka://"),
-        group_id=None,
-        enable_auto_commit=False,
+    await follow_topic(
+        worker.settings.broker_url.removeprefix("kafka://"),
+        topic.get_topic_name(),
+        1,
+        offer_all,
+        caught_up,
         **kafka_client_options(worker.settings),
     )
-    await consumer.start()
-    try:
-        tp = TopicPartition(name, 0)
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]
-        while True:
-            if not worker.snapshots_caught_up and await consumer.position(tp) >= end:
-                worker.snapshots_caught_up = True  # serving what was announced at start
-            batch = await consumer.getmany(tp, timeout_ms=500)
-            for record in batch.get(tp, []):
-                await offer_snapshot(worker, record.value)
-    finally:
-        await consumer.stop()
 
 
 async def _train_periodically(worker: Worker) -> None:
