@@ -1,35 +1,39 @@
-"""How events flow from the broker into the agents: two corrections.
+"""How events flow from the broker into the agents: three corrections to Faust.
 
 1. Fetch wait. Kafka answers a fetch as soon as there is data; the embedded broker (Tansu)
    holds it for the whole ``fetch_max_wait_ms``: measured, a record was received 0.72 s after
-   it was produced (p50; 1.47 s max) with Faust's 1.5 s, 0.015 s with 0.1 s. The worker's own
-   aiokafka consumers (the click router) wait ``EMBEDDED_FETCH_MAX_WAIT_MS`` with the
-   embedded broker. Faust's consumer keeps its 1.5 s: with 50 ms, listing latency at 5/s fell
-   from p50 0.466 s to 0.079 s, but a restarted worker fetched more events before its seek
-   back to the committed offsets and the commit stall described below came in 5 of 5 runs.
-   So each hop through a Faust agent on the embedded broker still costs about 0.75 s at
-   light load.
+   it was produced (p50; 1.47 s max) with Faust's fixed 1.5 s, 0.015 s with 0.1 s. With the
+   embedded broker, the worker's consumers wait ``EMBEDDED_FETCH_MAX_WAIT_MS``: Faust's (set
+   by :class:`App`) and the click router's. In a pipeline of agents the long wait also costs
+   throughput: an agent that has caught up with its input waits out each held fetch while
+   the agent before it produces.
 
 2. Flow control that keeps the events already fetched when Faust resumes flow.
 
-Faust clears every stream buffer each time it resumes flow (``FlowControlEvent.resume``),
-trusting that it has just sought each partition back to its committed offset, so that the
-cleared events are fetched again. At the end of table recovery that is not so: it seeks,
-then the fetcher buffers the next events, then it resumes flow (with a recovery buffer of 1,
-once more) and clears them. The consumer's position and read offset are past them, so they
-are not fetched again: they are not processed until the worker restarts, and their
-partition commits no further, so its lag only grows. Measured here: a worker started on a
-backlog of 1,500 listings lost 8 to 361 of them in about one start in two.
+   Faust clears every stream buffer each time it resumes flow (``FlowControlEvent.resume``),
+   trusting that it has just sought each partition back to its committed offset, so that
+   the cleared events are fetched again. At the end of table recovery that is not so: it
+   seeks, then the fetcher buffers the next events, then it resumes flow (with a recovery
+   buffer of 1, once more) and clears them. The consumer's position and read offset are
+   past them, so they were not processed until the worker restarted, and their partition
+   committed no further. Measured here: a worker started on a backlog of 1,500 listings lost
+   8 to 361 of them in about one start in two. :class:`KeepingFlowControl` resumes flow
+   without clearing.
 
-:class:`KeepingFlowControl` resumes flow without clearing, and
-:class:`SeekClearingConsumer` clears the buffers where they do hold events that will be
-fetched again: just before the seek back to the committed offsets. On a rebalance Faust
-still clears them itself, and a stream skips any event of an older consumer generation.
+3. A seek back to the committed offsets that no event crosses.
 
-Left open: after such a start, a partition's commits sometimes stop advancing (Faust's
-acked-offset bookkeeping finds a gap at the committed offset) until the next restart, which
-then processes that partition's events again from there: no loss, but duplicates and a lag
-that grows. Seen in about 1 start in 4 in the backlog test, also before these corrections.
+   After recovery Faust resumes the stream partitions and then seeks them to their committed
+   offsets, which waits on the broker; meanwhile the fetcher went on delivering events from
+   the position it had. Those events were processed, then fetched and processed again after
+   the seek, and Faust's acked-offset bookkeeping did not survive it: an offset acked twice
+   sat in its acked list twice, so each commit advanced the partition by one offset (every
+   0.5 s), and the second copy of an offset already committed stayed in its unacked set for
+   good. With a 50 ms fetch wait that happened on every start onto a backlog (5 of 5), with
+   1.5 s in about one in four. :class:`SeekClearingConsumer` stops the delivery for the
+   seek and drops what was buffered before it: after the seek every event is fetched once,
+   from the committed offset (measured: 0 duplicate acks and all offsets committed in 9 of 9
+   starts onto a backlog, with the 50 ms wait). On a rebalance Faust still clears the
+   buffers itself, and a stream skips any event of an older consumer generation.
 """
 
 from __future__ import annotations
@@ -58,17 +62,45 @@ class KeepingFlowControl(FlowControlEvent):
 
 
 class SeekClearingConsumer(faust_aiokafka.Consumer):
-    """Faust's aiokafka consumer that clears the stream buffers when it seeks back to the
-    committed offsets (they hold events it is about to fetch again), not when flow resumes."""
+    """Faust's aiokafka consumer: no event delivered while it seeks back to the committed
+    offsets, none of those buffered before kept; its fetches wait the app's
+    ``fetch_max_wait_ms``."""
+
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def perform_seek(self) -> None:
+        # Faust resumes the stream partitions just before this seek, so the fetcher may
+        # deliver events while it waits for the committed offsets: stop the delivery, seek,
+        # then drop what was buffered (all of it is fetched again from the committed offset)
+        was_active = self.flow_active
+        self.stop_flow()
         self.app.flow_control.clear()
-        await super().perform_seek()
+        try:
+            await super().perform_seek()
+        finally:
+            self.app.flow_control.clear()
+            if was_active:
+                self.resume_flow()
+
+
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        wait_ms = getattr(self.consumer.app, "fetch_max_wait_ms", None)
+        if wait_ms is not None:
+            consumer._fetch_max_wait_ms = wait_ms  # fixed at 1500 by Faust; read at start()
+        return consumer
 
 
 class App(faust.App):
     """The worker's Faust app: :class:`KeepingFlowControl` and, with Faust's aiokafka driver,
-    :class:`SeekClearingConsumer`."""
+    :class:`SeekClearingConsumer`, whose fetches wait ``fetch_max_wait_ms`` (None: Faust's
+    1.5 s)."""
+
+    def __init__(self, *args: Any, fetch_max_wait_ms: int | None = None, **kwargs: Any) -> None:
+        self.fetch_max_wait_ms = fetch_max_wait_ms
+        super().__init__(*args, **kwargs)
 
     @cached_property
     def flow_control(self) -> KeepingFlowControl:

@@ -87,6 +87,15 @@ async def test_every_worker_swaps_to_a_published_snapshot_and_refuses_a_tampered
         120,
         "both workers to see every prototype",
     )
+    # and every labelled example folded in (by the owner of its category's partition)
+    await wait_until(
+        lambda: (
+            sum(scrape(p).get("metaguide_prototype_updates_total", 0) for p in ports)
+            == len(split.labelled)
+        ),
+        60,
+        "every labelled example folded into its prototype",
+    )
 
     # the trainer's input is what the workers published: one row per labelled title
     data = await read_labelled(settings)
