@@ -90,7 +90,7 @@ def _load_object(raw: bytes | str | None) -> dict[str, Any]:
     if raw is None:
         raise SchemaViolation("empty_value", "the event has no value (tombstone or null)")
     try:
-        obj = json.loads(raw)
+        obj = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
     except (UnicodeDecodeError, ValueError) as exc:
         raise SchemaViolation("invalid_json", f"value is not valid UTF-8 JSON: {exc}") from None
     if not isinstance(obj, dict):
@@ -106,6 +106,8 @@ def _check_fields(
     for name in required:
         if name not in obj:
             raise SchemaViolation("missing_field", f"required field {name!r} is missing")
+    if len(obj) == len(required):
+        return  # exactly the required fields
     allowed = set(required) | set(optional) | {"schema"}
     extra = sorted(set(obj) - allowed)
     if extra:

@@ -14,6 +14,7 @@ The state is a plain JSON-able dict so a Faust table can hold and changelog it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,10 @@ DEFAULT_ACTION_WEIGHTS: Mapping[str, float] = {
     "cart": 4.0,
     "purchase": 8.0,
 }
+
+
+# a prototype's scale below which it is folded into its row (float32 range, see UserProfile)
+_MIN_SCALE = 2.0**-40
 
 
 def user_key(platform: str, user_id: str) -> str:
@@ -50,18 +55,42 @@ class ProfileConfig:
 
 
 class UserProfile:
-    """One user's prototypes, click count, recent event ids and purchased items."""
+    """One user's prototypes, click count, recent event ids and purchased items.
 
-    __slots__ = ("sums", "weights", "times", "clicks", "recent", "bought", "last_ts")
+    A prototype's decayed sum is kept as ``scale * direction-sum``: decaying it to a later
+    time multiplies one float, so a click costs one (k x d) product and one row update
+    instead of k vector rescales and k norms.
+    """
+
+    __slots__ = (
+        "_rows",
+        "_scales",
+        "_sq_norms",
+        "weights",
+        "times",
+        "clicks",
+        "recent",
+        "bought",
+        "last_ts",
+    )
 
     def __init__(self) -> None:
-        self.sums: list[np.ndarray] = []
+        self._rows: np.ndarray | None = None  # (max_prototypes, d) float32, first k in use
+        self._scales: list[float] = []  # sum i = _scales[i] * _rows[i]
+        self._sq_norms: list[float] = []  # |_rows[i]|^2
         self.weights: list[float] = []
         self.times: list[float] = []
         self.clicks = 0
         self.recent: list[str] = []
         self.bought: dict[str, int] = {}
         self.last_ts = 0.0
+
+    @property
+    def sums(self) -> list[np.ndarray]:
+        """The prototypes' weighted sums, decayed to their ``times``."""
+        if self._rows is None:
+            return []
+        return [np.float32(c) * self._rows[i] for i, c in enumerate(self._scales)]
 
     # -- updates -----------------------------------------------------------------------------
 
@@ -75,30 +104,31 @@ class UserProfile:
         item_id: str,
         config: ProfileConfig,
     ) -> bool:
-        """Fold one click in; False (and nothing changes) when the event id was seen."""
+        """Fold one click in; False (and nothing changes) when the event id was seen.
+
+        ``embedding`` is the item's base embedding, a unit vector (the encoder normalises
+        its outputs; fp16 storage leaves their norms within 1e-3 of 1).
+        """
         if event_id in self.recent:
             return False
         weight = float(config.action_weights[action])
         vec = np.asarray(embedding, dtype=np.float32)
-        norm = float(np.linalg.norm(vec))
-        if norm > 0:
-            vec = vec / norm
         self._decay_to(ts, config.half_life_s)
-        best, best_sim = -1, -2.0
-        for i, s in enumerate(self.sums):
-            s_norm = float(np.linalg.norm(s))
-            sim = float(vec @ s) / s_norm if s_norm > 0 else -1.0
-            if sim > best_sim:
-                best, best_sim = i, sim
-        if best >= 0 and (
-            best_sim >= config.merge_threshold or len(self.sums) >= config.max_prototypes
-        ):
-            self.sums[best] = self.sums[best] + weight * vec
+        k = len(self._scales)
+        best, best_sim, best_dot = -1, -2.0, 0.0
+        if k:
+            dots = self._rows[:k] @ vec  # type: ignore[index]
+            for i in range(k):
+                sq = self._sq_norms[i]
+                dot = float(dots[i])
+                sim = dot / math.sqrt(sq) if sq > 0 else -1.0
+                if sim > best_sim:
+                    best, best_sim, best_dot = i, sim, dot
+        if best >= 0 and (best_sim >= config.merge_threshold or k >= config.max_prototypes):
+            self._add(best, weight, vec, best_dot)
             self.weights[best] += weight
         else:
-            self.sums.append(weight * vec)
-            self.weights.append(weight)
-            self.times.append(ts)
+            self._new(weight, vec, ts, config.max_prototypes)
         self.clicks += 1
         self.last_ts = max(self.last_ts, ts)
         self.recent.append(event_id)
@@ -109,13 +139,38 @@ class UserProfile:
                 del self.bought[next(iter(self.bought))]
         return True
 
+    def _add(self, i: int, weight: float, vec: np.ndarray, dot: float) -> None:
+        """row += a * vec, with |row|^2 updated from the row . vec already computed."""
+        a = weight / self._scales[i]
+        self._rows[i] += np.float32(a) * vec  # type: ignore[index]
+        self._sq_norms[i] += 2.0 * a * dot + a * a
+
+    def _new(self, weight: float, vec: np.ndarray, ts: float, capacity: int) -> None:
+        k = len(self._scales)
+        if self._rows is None or k == len(self._rows):
+            rows = np.zeros((max(capacity, k + 1), len(vec)), dtype=np.float32)
+            if self._rows is not None:
+                rows[:k] = self._rows[:k]
+            self._rows = rows
+        self._rows[k] = vec
+        self._scales.append(weight)
+        self._sq_norms.append(1.0)
+        self.weights.append(weight)
+        self.times.append(ts)
+
     def _decay_to(self, ts: float, half_life_s: float) -> None:
         for i, t in enumerate(self.times):
             if ts > t:
                 factor = 0.5 ** ((ts - t) / half_life_s)
-                self.sums[i] = self.sums[i] * np.float32(factor)
                 self.weights[i] *= factor
                 self.times[i] = ts
+                scale = self._scales[i] * factor
+                if scale < _MIN_SCALE:  # fold it into the row before float32 runs out
+                    row = self._rows[i]  # type: ignore[index]
+                    row *= np.float32(scale)
+                    self._sq_norms[i] = float(row @ row)
+                    scale = 1.0
+                self._scales[i] = scale
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -148,10 +203,13 @@ class UserProfile:
         profile = cls()
         if not state:
             return profile
-        for p in state["p"]:
-            profile.sums.append(vector_from_b64(p["s"], np.float32))
-            profile.weights.append(float(p["w"]))
-            profile.times.append(float(p["t"]))
+        sums = [vector_from_b64(p["s"], np.float32) for p in state["p"]]
+        if sums:
+            profile._rows = np.stack(sums)
+            profile._scales = [1.0] * len(sums)
+            profile._sq_norms = [float(s @ s) for s in sums]
+        profile.weights = [float(p["w"]) for p in state["p"]]
+        profile.times = [float(p["t"]) for p in state["p"]]
         profile.clicks = int(state["n"])
         profile.recent = list(state["recent"])
         profile.bought = dict(state["bought"])

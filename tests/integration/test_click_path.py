@@ -76,8 +76,7 @@ async def get_recommendations(
 
 
 def _user_clicks(worker: Any, user: str) -> int:
-    state = worker.clicks.users.get(f"{PLATFORM}\x1f{user}".encode())
-    return 0 if state is None else int(state["n"])
+    return int(worker.clicks.profile(f"{PLATFORM}\x1f{user}".encode()).clicks)
 
 
 async def test_a_user_who_clicked_one_kind_gets_that_kind_first(
@@ -145,7 +144,7 @@ async def test_a_redelivered_click_leaves_the_user_unchanged(
     await _send(broker, settings.topic("clicks"), [first], "user_id")
     await wait_until(lambda: _user_clicks(worker, "dup") == 1, 60, "the first click applied")
     key = f"{PLATFORM}\x1fdup".encode()
-    before = dict(worker.clicks.users[key])
+    before = worker.clicks.profile(key).to_state()
     # the same event again (redelivery), then a new one on an item of the same user
     await _send(broker, settings.topic("clicks"), [first], "user_id")
     await wait_until(
@@ -156,7 +155,7 @@ async def test_a_redelivered_click_leaves_the_user_unchanged(
         60,
         "the redelivered click recognised",
     )
-    assert worker.clicks.users[key] == before
+    assert worker.clicks.profile(key).to_state() == before
     await _send(broker, settings.topic("clicks"), [click("dup", items[1].item_id, 1)], "user_id")
     await wait_until(lambda: _user_clicks(worker, "dup") == 2, 60, "the second click applied")
 
