@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
 import time
 from collections.abc import Iterator, MutableMapping
@@ -30,6 +29,7 @@ from metaguide.events import (
     check_key,
     classification_record,
     dead_letter_record,
+    decode_json,
     decode_listing,
     encode_json,
     vector_from_b64,
@@ -241,7 +241,7 @@ class Worker:
 
     def apply_category_update(self, raw: bytes) -> None:
         """Fold one labelled embedding into its prototype (idempotent by event id)."""
-        update = json.loads(raw)
+        update = decode_json(raw)
         count = self.prototype_owner.update_one(
             update["platform"],
             update["category"],

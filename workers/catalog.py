@@ -16,9 +16,9 @@ also put in the replica as they are processed, so they are candidates at once.
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
+from metaguide.events import decode_json
 from metaguide.replay import follow_topic, kafka_client_options
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ async def follow_items(worker: Worker, catalog: dict[bytes, Any]) -> None:
         for record in records:
             if record.key is None:
                 continue
-            item = json.loads(record.value) if record.value is not None else None
+            item = decode_json(record.value) if record.value is not None else None
             if item is None:
                 catalog.pop(record.key, None)  # a tombstone: the item was removed
             else:

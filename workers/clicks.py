@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import functools
 import heapq
-import json
 import logging
 import time
 from collections import Counter, defaultdict
@@ -51,6 +50,7 @@ from metaguide.events import (
     check_user_id,
     dead_letter_record,
     decode_click,
+    decode_json,
     decode_recommendation_request,
     encode_json,
     parse_k,
@@ -197,7 +197,7 @@ class ClickPath:
         for pack in packs:
             message = pack.event.message
             try:
-                rows = json.loads(message.value or b"")["clicks"]
+                rows = decode_json(message.value or b"")["clicks"]
             except (ValueError, KeyError, TypeError) as exc:
                 await self.worker.dead_letter(message, "bad_pack", repr(exc))
                 continue
@@ -387,7 +387,7 @@ class ClickPath:
             message = event.message
             partition = message.partition
             try:
-                pack = json.loads(message.value or b"")
+                pack = decode_json(message.value or b"")
                 rows, embs = pack["updates"], pack["embs"]
             except (ValueError, KeyError, TypeError) as exc:
                 await self.worker.dead_letter(message, "bad_pack", repr(exc))
@@ -446,7 +446,7 @@ class ClickPath:
         value = self.users.data.get(key)
         if isinstance(value, UserProfile):
             return value
-        profile = UserProfile.from_state(json.loads(value) if value else None)
+        profile = UserProfile.from_state(decode_json(value) if value else None)
         if value:
             self.users.data[key] = profile  # the same state: nothing to changelog
         return profile
