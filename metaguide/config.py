@@ -70,6 +70,9 @@ class Settings:
     click_batch_size: int = 1000  # clicks read per batch by the click agent
     click_batch_latency_s: float = 0.05
     click_wait_s: float = 30.0  # how long a click waits for its item's listing
+    # a changed user profile is changelogged at most once per interval (its clicks are
+    # applied at once; their packs are acked once the profile is written)
+    profile_write_interval_s: float = 2.0
     recommend_max_k: int = 100
     repeat_min_ratio: float = 0.5  # buying an item again is its norm above this repeat share
     temperature: float = 0.05
@@ -105,6 +108,11 @@ class Settings:
         if self.click_batch_size < 1:
             raise ConfigError(
                 f"METAGUIDE_CLICK_BATCH_SIZE must be >= 1, got {self.click_batch_size}"
+            )
+        if self.profile_write_interval_s <= 0:
+            raise ConfigError(
+                "METAGUIDE_PROFILE_WRITE_INTERVAL_S must be > 0, "
+                f"got {self.profile_write_interval_s}"
             )
         if self.click_wait_s <= 0:
             raise ConfigError(f"METAGUIDE_CLICK_WAIT_S must be > 0, got {self.click_wait_s}")

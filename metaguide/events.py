@@ -237,6 +237,40 @@ def decode_listing(raw: bytes | str | None) -> ListingEvent:
 def decode_click(raw: bytes | str | None) -> ClickEvent:
     """Parse and validate one click event (``schemas/click.v1.json``)."""
     obj = _load_object(raw)
+    return _valid_click(obj) or _checked_click(obj)
+
+
+def _valid_click(obj: dict[str, Any]) -> ClickEvent | None:
+    """The click when every check passes, in one pass (the click path reads 10,000 a second
+    per worker); None sends it through :func:`_checked_click`, which finds the reason."""
+    n = len(obj)
+    if n != 6 and not (n == 7 and obj.get("schema") == "click.v1"):
+        return None
+    event_id, user_id, item_id = obj.get("event_id"), obj.get("user_id"), obj.get("item_id")
+    platform, action = obj.get("platform"), obj.get("action")
+    ts: Any = obj.get("ts")
+    if (
+        type(event_id) is str
+        and type(user_id) is str
+        and type(item_id) is str
+        and 0 < len(event_id) <= MAX_ID_CHARS
+        and 0 < len(user_id) <= MAX_ID_CHARS
+        and 0 < len(item_id) <= MAX_ID_CHARS
+        and not _ID_CONTROL.search(event_id)
+        and not _ID_CONTROL.search(user_id)
+        and not _ID_CONTROL.search(item_id)
+        and type(platform) is str
+        and _PLATFORM_RE.fullmatch(platform)
+        and action in ACTIONS
+        and type(ts) in (int, float)
+        and TS_MIN <= ts <= TS_MAX
+    ):
+        return ClickEvent(event_id, platform, user_id, item_id, action, float(ts))
+    return None
+
+
+def _checked_click(obj: dict[str, Any]) -> ClickEvent:
+    """Field by field, each failure with its own reason."""
     _check_fields(obj, ("event_id", "platform", "user_id", "item_id", "action", "ts"), ())
     _check_schema_tag(obj, "click.v1")
     action = obj["action"]

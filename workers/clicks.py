@@ -10,8 +10,9 @@ clicks (keyed by user_id)
      a click whose item is not known yet waits for its listing (the pack is not acked), up
      to ``click_wait_s``, then goes to the dead-letter topic with reason ``item_not_found``
   -> user agent, in the user's partition: folds each click into the user's prototypes
-     (idempotent by event id), writes each touched profile once per pack, and counts
-     purchases and repeat purchases per item.
+     (idempotent by event id) and counts purchases and repeat purchases per item; a changed
+     profile is changelogged at most once per ``profile_write_interval_s`` (write-behind,
+     as Kafka Streams' record cache does), and packs are acked after that write.
 
 Packing is what makes the path fast: with one record per changelog write on the embedded
 broker, per-message and per-write costs dominate, so every internal message carries a batch
@@ -83,6 +84,7 @@ EVENT_ID, PLATFORM, USER_ID, ITEM_ID, ACTION, TS, SRC_PARTITION, SRC_OFFSET, RAW
 # rows of a user-updates pack: the first six as above; the pack carries each item's fp16
 # embedding once, in "embs"
 PACK_MAX_ROWS = 500  # with every item's 384-d fp16 embedding: at most about 0.6 MB of JSON
+VECTOR_CACHE_SIZE = 10_000  # decoded item embeddings the user agent keeps: about 25 MB
 SUMMARY_MAX_ITEMS = 5000  # per platform and partition: the most popular / most purchased
 
 
@@ -141,6 +143,13 @@ class ClickPath:
     _popularity: dict[int, dict[str, dict[str, tuple[float, float]]]] = field(default_factory=dict)
     _purchases: dict[int, dict[str, dict[str, tuple[int, int]]]] = field(default_factory=dict)
     _catalogs: dict[str, _CachedCatalog] = field(default_factory=dict)
+    _vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    # profiles changed since the last write (key -> partition), purchase summaries to
+    # publish with them, and the packs to ack after that write (workers: write_profiles)
+    _dirty_profiles: dict[bytes, int] = field(default_factory=dict)
+    _dirty_purchases: set[tuple[int, str]] = field(default_factory=set)
+    _unwritten: list[tuple[StreamT, EventT]] = field(default_factory=list)
+    _written_at: float = 0.0
 
     @property
     def partitions(self) -> int:
@@ -192,6 +201,7 @@ class ClickPath:
         """Join a batch of packs (from any of this worker's item partitions) with the
         embeddings of their items. A pack is acked once each of its clicks is done."""
         packs = [_PackAck(stream, event) for event in events]
+        items = self.worker.items.data  # the table's store: a dict, read without Faust's sensors
         ready: dict[int, list[tuple[list[Any], dict[str, Any]]]] = defaultdict(list)
         now = time.monotonic()
         for pack in packs:
@@ -202,7 +212,7 @@ class ClickPath:
                 await self.worker.dead_letter(message, "bad_pack", repr(exc))
                 continue
             for row in rows:
-                item = self.worker.items.get(row[ITEM_ID].encode())
+                item = items.get(row[ITEM_ID].encode())
                 if item is None:
                     pack.outstanding += 1
                     self.waiting[row[ITEM_ID]].append(_Waiting(row, now, pack))
@@ -272,6 +282,7 @@ class ClickPath:
         embeddings: dict[str, str] = {}
         weights = self.config.profile.action_weights
         half_life = self.config.popularity_half_life_s
+        partitions = self.partitions
         joined = 0
         for partition, pairs in ready.items():
             popularity = self._partition_summary("pop", partition, self._popularity)
@@ -283,7 +294,7 @@ class ClickPath:
                     items.get(row[ITEM_ID]), weights[row[ACTION]], row[TS], half_life
                 )
                 touched.add(platform)
-                user_partition = key_partition(row[USER_ID].encode(), self.partitions)
+                user_partition = key_partition(row[USER_ID].encode(), partitions)
                 updates[user_partition].append(row[:6])
                 embeddings[row[ITEM_ID]] = item["emb"]
             for platform in touched:
@@ -375,14 +386,16 @@ class ClickPath:
     async def apply_user_packs(self, stream: StreamT, events: list[EventT]) -> tuple[int, int]:
         """Fold a batch of joined-click packs into the users' profiles; (applied, duplicates).
 
-        Each touched profile is read and written once per batch; purchases and repeat
-        purchases (an item already in the buyer's profile) are counted per item for the
-        partition's summary, written once per batch.
+        Clicks apply at once (the API sees them); a changed profile is changelogged by
+        :meth:`write_profiles` at most once per ``profile_write_interval_s``, and the batch is
+        acked only after that write (at least once: a redelivered click is recognised by its
+        event id in the written profile). Purchases and repeat purchases (an item already in
+        the buyer's profile) are counted per item for the partition's summary, written with
+        the profiles.
         """
-        profiles: dict[bytes, list[Any]] = {}  # key -> [profile, partition, changed]
-        touched: set[tuple[int, str]] = set()
         applied = duplicates = 0
         profile_config = self.config.profile
+        dirty, purchased = self._dirty_profiles, self._dirty_purchases
         for event in events:
             message = event.message
             partition = message.partition
@@ -393,21 +406,13 @@ class ClickPath:
                 await self.worker.dead_letter(message, "bad_pack", repr(exc))
                 continue
             purchases = self._partition_summary("rep", partition, self._purchases)
-            vectors: dict[str, np.ndarray] = {}
             for row in rows:
                 key = user_key(row[PLATFORM], row[USER_ID]).encode()
-                entry = profiles.get(key)
-                if entry is None:
-                    entry = [self.profile(key), partition, False]
-                    profiles[key] = entry
-                profile: UserProfile = entry[0]
+                profile = self.profile(key)
                 item_id = row[ITEM_ID]
                 repeat = item_id in profile.bought
-                vector = vectors.get(item_id)
-                if vector is None:
-                    vector = vectors[item_id] = vector_from_b64(embs[item_id])
                 if not profile.apply(
-                    vector,
+                    self._vector(embs[item_id]),
                     action=row[ACTION],
                     ts=row[TS],
                     event_id=row[EVENT_ID],
@@ -417,28 +422,47 @@ class ClickPath:
                     duplicates += 1
                     continue
                 applied += 1
-                entry[2] = True
+                if key not in dirty:
+                    dirty[key] = partition
+                    self.users.data[key] = profile  # new users: in the table from now on
                 if row[ACTION] == "purchase":
                     counts = purchases.setdefault(row[PLATFORM], {})
                     n, r = counts.get(item_id, (0, 0))
                     counts[item_id] = (n + 1, r + int(repeat))
-                    touched.add((partition, row[PLATFORM]))
-        for key, (profile, partition, changed) in profiles.items():
-            if changed:
-                self.users.data[key] = profile
-                self.users.send_changelog(partition, key, encode_json(profile.to_state()))
-        for partition, platform in touched:
-            counts = self._purchases[partition][platform]
-            top = heapq.nlargest(SUMMARY_MAX_ITEMS, counts.items(), key=lambda kv: kv[1][0])
-            self._publish("rep", platform, partition, {"items": {i: list(c) for i, c in top}})
+                    purchased.add((partition, row[PLATFORM]))
         self.worker.metrics.user_updates.inc(applied)
         if duplicates:
             self.worker.metrics.duplicates_skipped.labels(
                 self.topics["user_updates"].get_topic_name()
             ).inc(duplicates)
-        for event in events:
-            await stream.ack(event)
+        self._unwritten.extend((stream, event) for event in events)
+        if time.monotonic() - self._written_at >= self.worker.settings.profile_write_interval_s:
+            await self.write_profiles()
         return applied, duplicates
+
+    async def write_profiles(self, *, ack: bool = True) -> int:
+        """Changelog every profile changed since the last write (once each), then the
+        purchase summaries, then ack the packs that changed them; how many were written."""
+        self._written_at = time.monotonic()
+        dirty, self._dirty_profiles = self._dirty_profiles, {}
+        purchased, self._dirty_purchases = self._dirty_purchases, set()
+        unwritten, self._unwritten = self._unwritten, []
+        data = self.users.data
+        written = 0
+        for key, partition in dirty.items():
+            profile = data.get(key)
+            if isinstance(profile, UserProfile):  # not dropped by a rebalance meanwhile
+                self.users.send_changelog(partition, key, encode_json(profile.to_state()))
+                written += 1
+        for partition, platform in purchased:
+            counts = self._purchases.get(partition, {}).get(platform)
+            if counts is not None:
+                top = heapq.nlargest(SUMMARY_MAX_ITEMS, counts.items(), key=lambda kv: kv[1][0])
+                self._publish("rep", platform, partition, {"items": {i: list(c) for i, c in top}})
+        if ack:
+            for stream, event in unwritten:
+                await stream.ack(event)
+        return written
 
     def profile(self, key: bytes) -> UserProfile:
         """A user's profile. The users table holds live profiles as objects (decoded once,
@@ -450,6 +474,17 @@ class ClickPath:
         if value:
             self.users.data[key] = profile  # the same state: nothing to changelog
         return profile
+
+    def _vector(self, b64: str) -> np.ndarray:
+        """An item embedding from its base64, decoded once while it is among the last
+        ``VECTOR_CACHE_SIZE`` seen (keyed by the base64 itself: a changed embedding is a new
+        key)."""
+        vector = self._vectors.get(b64)
+        if vector is None:
+            vector = self._vectors[b64] = vector_from_b64(b64)
+            if len(self._vectors) > VECTOR_CACHE_SIZE:
+                del self._vectors[next(iter(self._vectors))]  # the oldest
+        return vector
 
     # -- recommendations ---------------------------------------------------------------------
 
@@ -727,6 +762,11 @@ def register_click_path(worker: Worker, raw_topic: Callable[..., Any]) -> ClickP
         async for event in stream.events():
             await path.answer_request(event)
 
+    @app.timer(interval=settings.profile_write_interval_s)
+    async def write_profiles() -> None:
+        if path._unwritten or path._dirty_profiles:
+            await path.write_profiles()
+
     @app.timer(interval=1.0)
     async def expire_waiting_clicks() -> None:
         await path.expire_waiting()
@@ -764,6 +804,9 @@ async def _guarded(
 
 def _forget(path: ClickPath) -> Callable[..., Any]:
     async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
+        # the profiles changed so far are written; their packs are not acked but read again
+        # (by this worker or the partition's new owner), and recognised by their event ids
+        await path.write_profiles(ack=False)
         path.forget_waiting()
 
     return on_revoked

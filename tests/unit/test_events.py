@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from metaguide.errors import SchemaViolation
 from metaguide.events import (
+    _checked_click,
+    _valid_click,
     check_key,
     classification_record,
     dead_letter_record,
@@ -20,6 +22,7 @@ from metaguide.events import (
     decode_recommendation_request,
 )
 from tests.conftest import load_schema
+from tests.corpus import bad_clicks
 
 LISTING = {
     "event_id": "e1",
@@ -147,6 +150,31 @@ def test_listing_decoder_agrees_with_schema(event: dict[str, Any]) -> None:
 @given(_mutations(CLICK, {}))
 def test_click_decoder_agrees_with_schema(event: dict[str, Any]) -> None:
     _agrees_with_schema(decode_click, "click", event)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_mutations(CLICK, {"schema": "click.v1"}))
+def test_the_one_pass_click_check_agrees_with_the_field_by_field_one(event: dict[str, Any]) -> None:
+    try:
+        checked = _checked_click(event)
+    except SchemaViolation:
+        checked = None
+    assert _valid_click(event) == checked  # same event, or both reject (with a reason)
+
+
+def test_malformed_clicks_all_take_the_field_by_field_check() -> None:
+    for raw in bad_clicks(300):
+        if raw.value is None or raw.reason == "key_mismatch":  # a key problem, a valid value
+            continue
+        try:
+            obj = json.loads(raw.value)
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            assert _valid_click(obj) is None, raw
+            with pytest.raises(SchemaViolation) as info:
+                _checked_click(obj)
+            assert info.value.reason == raw.reason
 
 
 REQUEST = {"request_id": "r1", "platform": "shop", "user_id": "u1", "k": 5}
