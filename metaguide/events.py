@@ -256,17 +256,26 @@ def _valid_click(obj: dict[str, Any]) -> ClickEvent | None:
         and 0 < len(event_id) <= MAX_ID_CHARS
         and 0 < len(user_id) <= MAX_ID_CHARS
         and 0 < len(item_id) <= MAX_ID_CHARS
-        and not _ID_CONTROL.search(event_id)
-        and not _ID_CONTROL.search(user_id)
-        and not _ID_CONTROL.search(item_id)
+        and not _ID_CONTROL.search(event_id + user_id + item_id)
         and type(platform) is str
-        and _PLATFORM_RE.fullmatch(platform)
+        and (platform in _VALID_PLATFORMS or _valid_platform(platform))
         and action in ACTIONS
         and type(ts) in (int, float)
         and TS_MIN <= ts <= TS_MAX
     ):
         return ClickEvent(event_id, platform, user_id, item_id, action, float(ts))
     return None
+
+
+_VALID_PLATFORMS: set[str] = set()  # platform names seen valid (a few; at most 1,000 kept)
+
+
+def _valid_platform(platform: str) -> bool:
+    if not _PLATFORM_RE.fullmatch(platform):
+        return False
+    if len(_VALID_PLATFORMS) < 1000:
+        _VALID_PLATFORMS.add(platform)
+    return True
 
 
 def _checked_click(obj: dict[str, Any]) -> ClickEvent:
