@@ -111,7 +111,8 @@ async def bench_pipeline(
         emitted = worker.metrics.classifications.labels("myntra")
         await wait_until(lambda: emitted._value.get() >= n, 600, "the backlog")
         elapsed = time.perf_counter() - t0
-        batches = worker.batcher.stats
+        stats = worker.batcher.stats  # updated in place: read it before the paced phases
+        mean_batch = stats.items / max(stats.batches, 1)
         latency = {}
         if load_seconds > 0:
             for name, share in (("half_load", 0.5), ("full_load", 1.0)):
@@ -128,7 +129,7 @@ async def bench_pipeline(
     return {
         "pipeline_items_per_s": n / elapsed,
         "classified": int(emitted._value.get()),
-        "mean_batch": batches.items / max(batches.batches, 1),
+        "mean_batch": mean_batch,
         "latency": latency,
     }
 
