@@ -395,7 +395,6 @@ class ClickPath:
         """
         applied = duplicates = 0
         profile_config = self.config.profile
-        dirty, purchased = self._dirty_profiles, self._dirty_purchases
         for event in events:
             message = event.message
             partition = message.partition
@@ -422,14 +421,15 @@ class ClickPath:
                     duplicates += 1
                     continue
                 applied += 1
-                if key not in dirty:
-                    dirty[key] = partition
+                # (self._dirty_*, not locals: a timed write at an await above swaps them)
+                if key not in self._dirty_profiles:
+                    self._dirty_profiles[key] = partition
                     self.users.data[key] = profile  # new users: in the table from now on
                 if row[ACTION] == "purchase":
                     counts = purchases.setdefault(row[PLATFORM], {})
                     n, r = counts.get(item_id, (0, 0))
                     counts[item_id] = (n + 1, r + int(repeat))
-                    purchased.add((partition, row[PLATFORM]))
+                    self._dirty_purchases.add((partition, row[PLATFORM]))
         self.worker.metrics.user_updates.inc(applied)
         if duplicates:
             self.worker.metrics.duplicates_skipped.labels(
@@ -440,20 +440,20 @@ class ClickPath:
             await self.write_profiles()
         return applied, duplicates
 
-    async def write_profiles(self, *, ack: bool = True) -> int:
+    async def write_profiles(self, *, ack: bool = True) -> None:
         """Changelog every profile changed since the last write (once each), then the
-        purchase summaries, then ack the packs that changed them; how many were written."""
+        purchase summaries, then ack the packs that changed them."""
         self._written_at = time.monotonic()
+        if not (self._unwritten or self._dirty_profiles or self._dirty_purchases):
+            return
         dirty, self._dirty_profiles = self._dirty_profiles, {}
         purchased, self._dirty_purchases = self._dirty_purchases, set()
         unwritten, self._unwritten = self._unwritten, []
         data = self.users.data
-        written = 0
         for key, partition in dirty.items():
             profile = data.get(key)
             if isinstance(profile, UserProfile):  # not dropped by a rebalance meanwhile
                 self.users.send_changelog(partition, key, encode_json(profile.to_state()))
-                written += 1
         for partition, platform in purchased:
             counts = self._purchases.get(partition, {}).get(platform)
             if counts is not None:
@@ -462,7 +462,6 @@ class ClickPath:
         if ack:
             for stream, event in unwritten:
                 await stream.ack(event)
-        return written
 
     def profile(self, key: bytes) -> UserProfile:
         """A user's profile. The users table holds live profiles as objects (decoded once,
@@ -764,8 +763,7 @@ def register_click_path(worker: Worker, raw_topic: Callable[..., Any]) -> ClickP
 
     @app.timer(interval=settings.profile_write_interval_s)
     async def write_profiles() -> None:
-        if path._unwritten or path._dirty_profiles:
-            await path.write_profiles()
+        await path.write_profiles()
 
     @app.timer(interval=1.0)
     async def expire_waiting_clicks() -> None:
