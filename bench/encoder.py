@@ -2,7 +2,9 @@
 
     python bench/encoder.py [--n 1500] [--batch-size 32] [--json]
 
-1. raw: the encoder alone, ``embed_many`` over the texts in batches of --batch-size;
+1. raw: the encoder alone, ``embed_many`` over the texts in batches of --batch-size, in two
+   layouts: one call at a time on every core, and the worker's layout (on a CPU, one
+   single-threaded call per core side by side); the baseline is the faster of the two;
 2. batcher: the same texts through the micro-batcher (all callers at once);
 3. pipeline: the same texts as unlabelled Myntra listings through a worker on the embedded
    broker (validate, embed, item table write, classify, produce), working off a backlog,
@@ -10,7 +12,8 @@
 4. latency: the same worker then gets listings at half and at full the throughput it just
    showed, --load-seconds each, one at a time at a steady pace; event time to
    classification, p50 and p99;
-5. raw again, so drift on a shared machine shows; the baseline is the mean of both raw runs.
+5. raw again, so drift on a shared machine shows; each layout's figure is the mean of its
+   two runs.
 
 The last line printed is JSON with raw_items_per_s, pipeline_items_per_s and ratio.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import json
 import logging
 import os
@@ -37,20 +41,49 @@ from metaguide.batching import MicroBatcher  # noqa: E402
 from metaguide.broker import EmbeddedBroker, free_port  # noqa: E402
 from metaguide.config import Settings  # noqa: E402
 from metaguide.data import few_shot_split, listing_event, load_myntra  # noqa: E402
-from metaguide.encoder import TransformerEncoder  # noqa: E402
+from metaguide.encoder import TransformerEncoder, cpu_cores  # noqa: E402
 from metaguide.replay import produce_events  # noqa: E402
 from metaguide.waiting import wait_until  # noqa: E402
 
 
-def bench_raw(encoder: TransformerEncoder, texts: list[str], batch_size: int) -> float:
-    t0 = time.perf_counter()
-    for i in range(0, len(texts), batch_size):
-        encoder.embed_many(texts[i : i + batch_size])
-    return len(texts) / (time.perf_counter() - t0)
+def bench_raw(
+    encoder: TransformerEncoder, texts: list[str], batch_size: int, streams: int = 1
+) -> float:
+    """Items per second of ``embed_many`` alone: ``streams`` calls side by side, each on
+    cores // streams torch threads, in fresh threads (torch fixes a thread's count when the
+    thread first computes)."""
+    import torch
+
+    batches = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
+    cpu = encoder.device.type == "cpu"
+    if cpu:
+        torch.set_num_threads(max(1, cpu_cores() // streams))
+    try:
+        with concurrent.futures.ThreadPoolExecutor(streams) as pool:
+            t0 = time.perf_counter()
+            for _ in pool.map(encoder.embed_many, batches):
+                pass
+            elapsed = time.perf_counter() - t0
+    finally:
+        if cpu:
+            torch.set_num_threads(encoder.threads)
+    return len(texts) / elapsed
+
+
+def raw_layouts(encoder: TransformerEncoder) -> dict[str, int]:
+    """Name -> streams: one call at a time on every core, and the worker's layout."""
+    layouts = {f"1x{cpu_cores()}": 1}
+    layouts[f"{encoder.streams}x{encoder.threads}"] = encoder.streams
+    return layouts
 
 
 async def bench_batcher(encoder: TransformerEncoder, texts: list[str], batch_size: int) -> float:
-    batcher = MicroBatcher(encoder.embed_many, max_batch_size=batch_size, max_latency_s=0.05)
+    batcher = MicroBatcher(
+        encoder.embed_many,
+        max_batch_size=batch_size,
+        max_latency_s=0.05,
+        concurrency=encoder.streams,
+    )
     t0 = time.perf_counter()
     await batcher.embed_many(texts)
     rate = len(texts) / (time.perf_counter() - t0)
@@ -207,22 +240,38 @@ def main() -> None:
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
-    encoder = TransformerEncoder(device=os.environ.get("METAGUIDE_DEVICE", "auto"))
+    # the worker's layout (streams=0: auto), as create_worker makes it
+    encoder = TransformerEncoder(device=os.environ.get("METAGUIDE_DEVICE", "auto"), streams=0)
     split = few_shot_split(load_myntra(), 5, seed=0)
     texts = [x.title for x in split.test]
     texts = (texts * (args.n // len(texts) + 1))[: args.n]
     encoder.embed_many(texts[:64])  # warm-up
-    raw_before = bench_raw(encoder, texts, args.batch_size)
+    layouts = raw_layouts(encoder)
+    raw_before = {
+        name: bench_raw(encoder, texts, args.batch_size, s) for name, s in layouts.items()
+    }
     batcher = asyncio.run(bench_batcher(encoder, texts, args.batch_size))
     pipeline = asyncio.run(bench_pipeline(encoder, args.n, args.batch_size, args.load_seconds))
-    raw_after = bench_raw(encoder, texts, args.batch_size)
-    raw = (raw_before + raw_after) / 2
+    raw_after = {name: bench_raw(encoder, texts, args.batch_size, s) for name, s in layouts.items()}
+    by_layout = {name: (raw_before[name] + raw_after[name]) / 2 for name in layouts}
+    best = max(by_layout, key=by_layout.__getitem__)
+    raw = by_layout[best]
     result = {
         "device": str(encoder.device),
         "n": args.n,
         "batch_size": args.batch_size,
-        "raw_before_items_per_s": round(raw_before, 1),
-        "raw_after_items_per_s": round(raw_after, 1),
+        "encoder_layout": f"{encoder.streams}x{encoder.threads}",
+        "raw_by_layout": {
+            name: {
+                "before": round(raw_before[name], 1),
+                "after": round(raw_after[name], 1),
+                "mean": round(by_layout[name], 1),
+            }
+            for name in layouts
+        },
+        "raw_layout": best,
+        "raw_before_items_per_s": round(raw_before[best], 1),
+        "raw_after_items_per_s": round(raw_after[best], 1),
         "raw_items_per_s": round(raw, 1),
         "batcher_items_per_s": round(batcher, 1),
         "batcher_ratio": round(batcher / raw, 3),

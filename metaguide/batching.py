@@ -3,8 +3,10 @@
 Callers from every partition ``await embed_one(text)``. A single runner task cuts a batch
 when it holds ``max_batch_size`` texts or when its oldest text has waited ``max_latency_s``,
 then runs the model in a worker thread so the event loop (Kafka polling, heartbeats) never
-waits on it. While the model runs, new texts queue up for the next batch. A model error is
-set on the futures of exactly the callers in that batch.
+waits on it. Up to ``concurrency`` batches are in the model at once (one thread each: on a
+CPU, two single-threaded model calls side by side get more done than one call on two
+threads); while they run, new texts queue up for the next batch. A model error is set on
+the futures of exactly the callers in that batch.
 """
 
 from __future__ import annotations
@@ -52,7 +54,10 @@ class MicroBatcher:
         max_latency_s: float = 0.05,
         on_batch: Callable[[int, float, float], None] | None = None,
         keep_sizes: bool = False,
+        concurrency: int = 1,
     ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if max_latency_s < 0:
@@ -65,7 +70,11 @@ class MicroBatcher:
         self._queue: deque[_Pending] = deque()
         self._wakeup = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="encoder")
+        self.concurrency = concurrency
+        self._running: set[asyncio.Task[None]] = set()  # batches in the model
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            concurrency, thread_name_prefix="encoder"
+        )
         self.stats = BatchStats()
 
     @property
@@ -90,11 +99,12 @@ class MicroBatcher:
             self._runner = asyncio.get_running_loop().create_task(self._run(), name="microbatcher")
 
     async def close(self) -> None:
-        """Stop the runner; texts still queued get a CancelledError."""
-        if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
+        """Stop the runner; texts still queued or in the model get a CancelledError."""
+        for task in [self._runner, *self._running]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         while self._queue:
             pending = self._queue.popleft()
             if not pending.future.done():
@@ -104,7 +114,7 @@ class MicroBatcher:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            while not self._queue:
+            while not self._queue or len(self._running) >= self.concurrency:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             deadline = self._queue[0].enqueued + self.max_latency_s
@@ -123,29 +133,41 @@ class MicroBatcher:
             batch = [p for p in batch if not p.future.cancelled()]
             if not batch:
                 continue
-            fill_s = time.monotonic() - batch[0].enqueued
-            started = time.perf_counter()
-            try:
-                vectors = await loop.run_in_executor(
-                    self._executor, self._embed_many, [p.text for p in batch]
-                )
-                if len(vectors) != len(batch):
-                    raise RuntimeError(
-                        f"model returned {len(vectors)} vectors for {len(batch)} texts"
-                    )
-            except Exception as exc:  # the callers of this batch get the error, the runner goes on
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
-                continue
-            model_s = time.perf_counter() - started
-            for p, vector in zip(batch, vectors, strict=True):
+            task = loop.create_task(self._call(batch))
+            self._running.add(task)
+            task.add_done_callback(self._call_done)
+
+    def _call_done(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._wakeup.set()  # a slot is free
+
+    async def _call(self, batch: list[_Pending]) -> None:
+        """One model call for one batch; its results or its error go to its callers."""
+        fill_s = time.monotonic() - batch[0].enqueued
+        started = time.perf_counter()
+        try:
+            vectors = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._embed_many, [p.text for p in batch]
+            )
+            if len(vectors) != len(batch):
+                raise RuntimeError(f"model returned {len(vectors)} vectors for {len(batch)} texts")
+        except asyncio.CancelledError:
+            for p in batch:
+                p.future.cancel()
+            raise
+        except Exception as exc:  # the callers of this batch get the error, the runner goes on
+            for p in batch:
                 if not p.future.done():
-                    p.future.set_result(vector)
-            self.stats.batches += 1
-            self.stats.items += len(batch)
-            self.stats.max_batch = max(self.stats.max_batch, len(batch))
-            if self._keep_sizes:
-                self.stats.sizes.append(len(batch))
-            if self._on_batch is not None:
-                self._on_batch(len(batch), fill_s, model_s)
+                    p.future.set_exception(exc)
+            return
+        model_s = time.perf_counter() - started
+        for p, vector in zip(batch, vectors, strict=True):
+            if not p.future.done():
+                p.future.set_result(vector)
+        self.stats.batches += 1
+        self.stats.items += len(batch)
+        self.stats.max_batch = max(self.stats.max_batch, len(batch))
+        if self._keep_sizes:
+            self.stats.sizes.append(len(batch))
+        if self._on_batch is not None:
+            self._on_batch(len(batch), fill_s, model_s)

@@ -66,6 +66,9 @@ class Settings:
     max_batch_size: int = 32
     max_latency_s: float = 0.05
     max_in_flight: int = 256
+    # encoder calls side by side, the cores shared out between them; 0 = auto (one per core
+    # up to four on a CPU, one on a GPU)
+    encoder_streams: int = 0
     top_k: int = 3
     click_batch_size: int = 1000  # clicks read per batch by the click agent
     click_batch_latency_s: float = 0.05
@@ -103,6 +106,10 @@ class Settings:
             raise ConfigError(f"METAGUIDE_MAX_BATCH_SIZE must be >= 1, got {self.max_batch_size}")
         if self.max_latency_s < 0:
             raise ConfigError(f"METAGUIDE_MAX_LATENCY_S must be >= 0, got {self.max_latency_s}")
+        if self.encoder_streams < 0:
+            raise ConfigError(
+                f"METAGUIDE_ENCODER_STREAMS must be >= 0 (0 = auto), got {self.encoder_streams}"
+            )
         if self.top_k < 1:
             raise ConfigError(f"METAGUIDE_TOP_K must be >= 1, got {self.top_k}")
         if self.click_batch_size < 1:

@@ -15,9 +15,17 @@ from transformers import AutoModel, AutoTokenizer
 
 from metaguide.errors import EncoderError
 
-__all__ = ["DEFAULT_MODEL", "TransformerEncoder", "default_model_path", "pick_device"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "TransformerEncoder",
+    "cpu_cores",
+    "default_model_path",
+    "pick_device",
+    "thread_layout",
+]
 
 DEFAULT_MODEL = "bundled:all-MiniLM-L6-v2"
+MAX_AUTO_STREAMS = 4
 
 
 def default_model_path() -> str:
@@ -39,8 +47,38 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
+def cpu_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def thread_layout(device: torch.device, streams: int = 1, cores: int = 0) -> tuple[int, int]:
+    """(model calls side by side, torch threads per call) for a device; streams 0 = auto.
+
+    On a GPU one call at a time (the device serialises them anyway; threads 0: left as they
+    are). On a CPU the cores are shared out between the calls. Auto, for a worker: one call
+    per core, up to four. Measured here on 2 cores (all-MiniLM-L6-v2, batches of 32): two
+    single-threaded calls side by side embed 15-40% more per second than one call on two
+    threads, whose halves wait for each other at every operation.
+    """
+    if device.type != "cpu":
+        return max(1, streams), 0
+    cores = cores or cpu_cores()
+    streams = streams or min(cores, MAX_AUTO_STREAMS)
+    return streams, max(1, cores // streams)
+
+
 class TransformerEncoder:
-    """Embeds texts into unit vectors (``embed_many``); thread-safe for one caller at a time."""
+    """Embeds texts into unit vectors (``embed_many``).
+
+    ``streams`` calls may run at once, each in its own thread (a worker's micro-batcher runs
+    that many batches side by side; 0 = auto, see :func:`thread_layout`). On a CPU each call
+    gets ``threads`` torch threads: torch's setting is process-wide, so one process holds
+    one layout. The default, one stream on every core, suits one caller embedding in bulk.
+    """
 
     def __init__(
         self,
@@ -49,6 +87,7 @@ class TransformerEncoder:
         device: str = "auto",
         max_length: int = 128,
         num_threads: int | None = None,
+        streams: int = 1,
     ) -> None:
         path = default_model_path() if model == DEFAULT_MODEL else model
         local = Path(path).is_dir()
@@ -58,8 +97,11 @@ class TransformerEncoder:
         self.model_id = model
         self.device = pick_device(device)
         self.max_length = max_length
-        if num_threads and self.device.type == "cpu":
-            torch.set_num_threads(num_threads)
+        self.streams, self.threads = thread_layout(self.device, streams)
+        if num_threads:
+            self.threads = num_threads
+        if self.threads:
+            torch.set_num_threads(self.threads)
         self._tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
         dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         self._model = AutoModel.from_pretrained(path, local_files_only=local, dtype=dtype)

@@ -53,6 +53,7 @@ class Embedder(Protocol):
 
     model_id: str
     dim: int
+    streams: int  # calls that may run at once, each in its own thread
 
     def embed_many(self, texts: list[str]) -> np.ndarray: ...
 
@@ -77,11 +78,9 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         ),
     }
     if settings.broker_profile == "embedded":
-        # Tansu: ListOffsets(latest) is wrong for batched produces, which makes table recovery
-        # stop short; one record per batch keeps it right. Short group timeouts: JoinGroup is
-        # held for about half the session timeout.
+        # Short group timeouts: Tansu holds JoinGroup for about half the session timeout.
+        # (Its wrong end offsets for batched produces are read past in workers/flow.py.)
         conf.update(
-            producer_max_batch_size=1,
             broker_commit_interval=0.5,
             stream_wait_empty=False,
             broker_session_timeout=3.0,
@@ -325,7 +324,10 @@ def create_worker(
         from metaguide.encoder import TransformerEncoder
 
         encoder = TransformerEncoder(
-            settings.model, device=settings.device, max_length=settings.max_length
+            settings.model,
+            device=settings.device,
+            max_length=settings.max_length,
+            streams=settings.encoder_streams,
         )
     metrics = metrics or Metrics()
     _freeze_startup_heap()
@@ -334,6 +336,7 @@ def create_worker(
         fetch_max_wait_ms=(
             EMBEDDED_FETCH_MAX_WAIT_MS if settings.broker_profile == "embedded" else None
         ),
+        read_end_offsets=settings.broker_profile == "embedded",
         **faust_settings(settings),
     )
 
@@ -402,6 +405,7 @@ def create_worker(
         max_batch_size=settings.max_batch_size,
         max_latency_s=settings.max_latency_s,
         on_batch=metrics.on_batch,
+        concurrency=encoder.streams,
     )
     worker = Worker(
         settings=settings,

@@ -34,20 +34,84 @@
    from the committed offset (measured: 0 duplicate acks and all offsets committed in 9 of 9
    starts onto a backlog, with the 50 ms wait). On a rebalance Faust still clears the
    buffers itself, and a stream skips any event of an older consumer generation.
+
+4. End offsets read from the records (embedded broker only).
+
+   Tansu answers ListOffsets(latest) with the last record batch's base offset + 1, not one
+   past its last record. Faust's table recovery reads a changelog up to that offset, so it
+   ended inside the last batch and dropped the rest of it: the embedded profile had to send
+   one record per batch (``producer_max_batch_size=1``), which made every changelog write its
+   own produce request. :func:`true_end_offsets` fetches each partition's last batch and
+   takes the offset after its last record; with it, table recovery is right with batched
+   produces (aiokafka's default) and the embedded profile batches like any other.
 """
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Mapping
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.utils.objects import cached_property
 from mode.utils.queues import FlowControlEvent
 
-__all__ = ["EMBEDDED_FETCH_MAX_WAIT_MS", "App", "KeepingFlowControl", "SeekClearingConsumer"]
+__all__ = [
+    "EMBEDDED_FETCH_MAX_WAIT_MS",
+    "App",
+    "KeepingFlowControl",
+    "SeekClearingConsumer",
+    "true_end_offsets",
+]
+
+log = logging.getLogger("metaguide.flow")
 
 EMBEDDED_FETCH_MAX_WAIT_MS = 50
+LAST_BATCH_TIMEOUT_S = 10.0
+
+
+async def true_end_offsets(
+    bootstrap: str, reported: Mapping[Any, int | None], timeout_s: float = LAST_BATCH_TIMEOUT_S
+) -> dict[Any, int | None]:
+    """One past the last record of each partition, from ListOffsets(latest) answers that
+    may point at the first record of the last batch (Tansu): the batch is fetched from there
+    and its last offset taken. Partitions that are empty, or whose batch does not come
+    within ``timeout_s`` (logged), keep the reported offset."""
+    ends = dict(reported)
+    starts = {
+        TopicPartition(tp.topic, tp.partition): (tp, end)
+        for tp, end in reported.items()
+        if end is not None and end > 0
+    }
+    if not starts:
+        return ends
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        consumer.assign(list(starts))
+        for tp, (_, end) in starts.items():
+            consumer.seek(tp, end - 1)
+        pending = set(starts)
+        deadline = time.monotonic() + timeout_s
+        while pending and time.monotonic() < deadline:
+            fetched = await consumer.getmany(*pending, timeout_ms=200)
+            for tp, records in fetched.items():
+                if records:
+                    key, end = starts[tp]
+                    ends[key] = max(end, records[-1].offset + 1)
+                    pending.discard(tp)
+        if pending:
+            log.warning(
+                "no last batch within %ss for %s: kept their end offsets", timeout_s, pending
+            )
+    finally:
+        await consumer.stop()
+    return ends
 
 
 class KeepingFlowControl(FlowControlEvent):
@@ -92,14 +156,31 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             consumer._fetch_max_wait_ms = wait_ms  # fixed at 1500 by Faust; read at start()
         return consumer
 
+    async def _highwaters(self, partitions: Any) -> Mapping[Any, int]:
+        # what table recovery reads changelogs up to
+        reported = await super()._highwaters(partitions)
+        app = self.consumer.app
+        if not getattr(app, "read_end_offsets", False):
+            return reported
+        url = app.conf.broker[0]
+        return await true_end_offsets(f"{url.host}:{url.port}", reported)  # type: ignore[return-value]
+
 
 class App(faust.App):
     """The worker's Faust app: :class:`KeepingFlowControl` and, with Faust's aiokafka driver,
     :class:`SeekClearingConsumer`, whose fetches wait ``fetch_max_wait_ms`` (None: Faust's
-    1.5 s)."""
+    1.5 s) and which, with ``read_end_offsets`` (the embedded broker: plaintext, first broker
+    of the list), recovers tables up to :func:`true_end_offsets`."""
 
-    def __init__(self, *args: Any, fetch_max_wait_ms: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        fetch_max_wait_ms: int | None = None,
+        read_end_offsets: bool = False,
+        **kwargs: Any,
+    ) -> None:
         self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.read_end_offsets = read_end_offsets
         super().__init__(*args, **kwargs)
 
     @cached_property
