@@ -87,11 +87,13 @@ class CategoryPrototypes:
         # 0 = check the counts on every call. A store that changes behind our back (a replica
         # fed by a changelog) is then seen at most this late; our own writes are seen at once.
         self.refresh_interval_s = refresh_interval_s
-        self._means: dict[str, tuple[list[str], np.ndarray]] = {}
+        # per platform: category names, their means (rows) and the means' squared norms
+        self._means: dict[str, tuple[list[str], np.ndarray, np.ndarray]] = {}
         self._seen_counts: dict[str, dict[str, int]] = {}
         self._checked_at: dict[str, float] = {}
-        # per platform: (the means it was computed from, the transform, transform(means))
-        self._mapped: dict[str, tuple[np.ndarray, Any, np.ndarray]] = {}
+        # per platform: (the means it was computed from, the transform, transform(means) and
+        # their squared norms)
+        self._mapped: dict[str, tuple[np.ndarray, Any, tuple[np.ndarray, np.ndarray]]] = {}
 
     def update_one(
         self, platform: str, category: str, embedding: np.ndarray, event_id: str | None = None
@@ -133,7 +135,7 @@ class CategoryPrototypes:
         """Forget the cached matrices (after a write to the store)."""
         self._checked_at.clear()
 
-    def _matrix(self, platform: str) -> tuple[list[str], np.ndarray]:
+    def _matrix(self, platform: str) -> tuple[list[str], np.ndarray, np.ndarray]:
         cached = self._means.get(platform)
         now = time.monotonic()
         if (
@@ -152,9 +154,9 @@ class CategoryPrototypes:
             ).astype(np.float32)
         else:
             means = np.zeros((0, 0), dtype=np.float32)
-        self._means[platform] = (names, means)
+        self._means[platform] = (names, means, (means * means).sum(1))
         self._seen_counts[platform] = counts
-        return names, means
+        return self._means[platform]
 
     def nearest_many(
         self,
@@ -169,14 +171,15 @@ class CategoryPrototypes:
         into the space where distances are measured; being linear, it maps a mean of base
         embeddings to the mean of the mapped ones, so no prototype is ever rebuilt.
         """
-        names, means = self._matrix(platform)
+        names, means, sq_norms = self._matrix(platform)
         if not names:
             return [[] for _ in range(len(embeddings))]
         x = np.asarray(embeddings, dtype=np.float32)
         if transform is not None:
-            x, means = transform(x), self._mapped_means(platform, means, transform)
+            x = transform(x)
+            means, sq_norms = self._mapped_means(platform, means, transform)
         # squared Euclidean distance, as in prototypical networks
-        d2 = (x * x).sum(1, keepdims=True) - 2.0 * x @ means.T + (means * means).sum(1)[None, :]
+        d2 = (x * x).sum(1, keepdims=True) - 2.0 * x @ means.T + sq_norms
         out = []
         for row in d2:
             probs = softmax_scores(-row, self.temperature)
@@ -186,14 +189,15 @@ class CategoryPrototypes:
 
     def _mapped_means(
         self, platform: str, means: np.ndarray, transform: Callable[[np.ndarray], np.ndarray]
-    ) -> np.ndarray:
-        """``transform(means)``, computed once per matrix of means and transform."""
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``transform(means)`` and its rows' squared norms, computed once per matrix of
+        means and transform."""
         cached = self._mapped.get(platform)
         if cached is not None and cached[0] is means and cached[1] == transform:
             return cached[2]
         mapped = transform(means)
-        self._mapped[platform] = (means, transform, mapped)
-        return mapped
+        self._mapped[platform] = (means, transform, (mapped, (mapped * mapped).sum(1)))
+        return self._mapped[platform][2]
 
     def nearest_one(
         self,
