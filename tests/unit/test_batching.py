@@ -82,6 +82,42 @@ async def test_a_model_error_reaches_exactly_the_callers_of_that_batch() -> None
     await batcher.close()
 
 
+class OverlapModel(RecordingModel):
+    """Also counts the calls running at the same moment."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__(delay_s=delay_s)
+        self._lock = threading.Lock()
+        self.running = 0
+        self.most_at_once = 0
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        with self._lock:
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            return super().__call__(texts)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+@pytest.mark.parametrize("concurrency", [1, 2, 3])
+async def test_up_to_concurrency_batches_run_side_by_side(concurrency: int) -> None:
+    model = OverlapModel(delay_s=0.02)
+    batcher = MicroBatcher(
+        model, max_batch_size=5, max_latency_s=0.01, concurrency=concurrency, keep_sizes=True
+    )
+    texts = [f"t-{i}" for i in range(60)]
+    vectors = await batcher.embed_many(texts)
+    assert [float(v[0]) for v in vectors] == list(range(60))
+    assert model.most_at_once == concurrency  # a backlog fills every slot, never more
+    assert max(batcher.stats.sizes) == 5 and sum(batcher.stats.sizes) == 60
+    await batcher.close()
+
+
 def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="max_batch_size"):
         MicroBatcher(RecordingModel(), max_batch_size=0)
+    with pytest.raises(ValueError, match="concurrency"):
+        MicroBatcher(RecordingModel(), concurrency=0)
