@@ -6,12 +6,15 @@ nothing is downloaded at run time. Any other encoder is a model id or a local fo
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from metaguide.errors import EncoderError
 
@@ -24,8 +27,17 @@ __all__ = [
     "thread_layout",
 ]
 
+log = logging.getLogger("metaguide.encoder")
+
 DEFAULT_MODEL = "bundled:all-MiniLM-L6-v2"
 MAX_AUTO_STREAMS = 4
+# texts the traced graph is checked on against the model itself: padded, unpadded, one alone
+_PROBES = (
+    ["a", "a longer probe text, with several words, so the others are padded", "two words"],
+    ["same length", "equal sizes"],
+    ["one text alone"],
+)
+_PROBE_TOLERANCE = 1e-4
 
 
 def default_model_path() -> str:
@@ -71,6 +83,23 @@ def thread_layout(device: torch.device, streams: int = 1, cores: int = 0) -> tup
     return streams, max(1, cores // streams)
 
 
+class _Pooled(torch.nn.Module):
+    """The transformer, mean pooling over real tokens and L2 normalisation: one module, so
+    one graph to trace. Inputs are the tokenizer's tensors, in ``keys`` order."""
+
+    def __init__(self, model: torch.nn.Module, keys: tuple[str, ...]) -> None:
+        super().__init__()
+        self.model = model
+        self.keys = keys
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        batch = dict(zip(self.keys, inputs, strict=True))
+        hidden = self.model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled.float(), p=2, dim=1)
+
+
 class TransformerEncoder:
     """Embeds texts into unit vectors (``embed_many``).
 
@@ -78,6 +107,16 @@ class TransformerEncoder:
     that many batches side by side; 0 = auto, see :func:`thread_layout`). On a CPU each call
     gets ``threads`` torch threads: torch's setting is process-wide, so one process holds
     one layout. The default, one stream on every core, suits one caller embedding in bulk.
+
+    On a CPU the model runs as a TorchScript graph traced from it (``trace``; None = on a
+    CPU): the same weights and operations, run without the Python interpreter, so a call
+    holds the interpreter lock only to enter and leave, not at each of its hundreds of
+    operations, and the event loop beside it no longer stalls it. The graph is checked
+    against the model on padded, unpadded and single-text batches; a model that does not
+    trace, or whose graph differs, runs as it is (logged). torch 2.13 marks
+    ``torch.jit.trace`` deprecated; its successors (``torch.compile``, ``torch.export``) run
+    their graphs from Python or need a compiler, and when a torch without it comes, the
+    encoder runs untraced.
     """
 
     def __init__(
@@ -88,6 +127,7 @@ class TransformerEncoder:
         max_length: int = 128,
         num_threads: int | None = None,
         streams: int = 1,
+        trace: bool | None = None,
     ) -> None:
         path = default_model_path() if model == DEFAULT_MODEL else model
         local = Path(path).is_dir()
@@ -107,17 +147,48 @@ class TransformerEncoder:
         self._model = AutoModel.from_pretrained(path, local_files_only=local, dtype=dtype)
         self._model.to(self.device).eval()
         self.dim = int(self._model.config.hidden_size)
+        keys = tuple(self._tokenize(["probe"]).keys())
+        self._pooled: torch.nn.Module = _Pooled(self._model, keys)
+        self.traced = False
+        if trace if trace is not None else self.device.type == "cpu":
+            self._trace()
+
+    def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        batch = self._tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    @torch.inference_mode()
+    def _trace(self) -> None:
+        """Replace the module with a graph traced from it, if it gives the same vectors."""
+        eager = self._pooled
+        example = self._tokenize(_PROBES[0])  # padded: the attention mask is traced as used
+        verbosity = hf_logging.get_verbosity()
+        try:
+            # quiet: the tracer's notes on shapes read as constants, and transformers' note on
+            # a loss function the tracer looked at
+            hf_logging.set_verbosity_error()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                warnings.simplefilter("ignore", DeprecationWarning)  # see the class docstring
+                traced = torch.jit.trace(eager, tuple(example.values()), check_trace=False)
+            for texts in _PROBES:
+                inputs = tuple(self._tokenize(texts).values())
+                gap = (traced(*inputs) - eager(*inputs)).abs().max().item()
+                if not gap <= _PROBE_TOLERANCE:
+                    raise ValueError(f"traced vectors differ by {gap:.2e} on {texts!r}")
+        except Exception as exc:  # any model the tracer cannot follow runs as it is
+            log.warning("encoder %s runs untraced: %s", self.model_id, exc)
+            return
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        self._pooled, self.traced = traced, True
 
     @torch.inference_mode()
     def embed_many(self, texts: list[str]) -> np.ndarray:
         """Return a float32 array of shape (len(texts), dim), each row of unit length."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        batch = self._tokenizer(
-            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        ).to(self.device)
-        hidden = self._model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-        pooled = torch.nn.functional.normalize(pooled.float(), p=2, dim=1)
+        pooled = self._pooled(*self._tokenize(texts).values())
         return pooled.cpu().numpy()

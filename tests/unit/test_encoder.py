@@ -1,0 +1,46 @@
+"""The encoder's traced graph gives the model's own vectors; a model that will not trace runs
+as it is."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from metaguide.data import load_myntra
+from metaguide.encoder import TransformerEncoder
+
+
+@pytest.fixture(scope="module")
+def untraced() -> TransformerEncoder:
+    return TransformerEncoder(device="cpu", trace=False)
+
+
+def test_the_traced_graph_gives_the_models_vectors(encoder: Any, untraced: Any) -> None:
+    assert encoder.traced and not untraced.traced
+    titles = [x.title for x in load_myntra()][:200]
+    batches = [titles[:1], titles[1:8], titles[8:40], titles[40:104]]
+    batches.append([" ".join(titles[:80])] + titles[:3])  # truncated at max_length, padded
+    batches.append(["same length", "equal sizes"])  # no padding at all
+    for texts in batches:
+        got, want = encoder.embed_many(texts), untraced.embed_many(texts)
+        assert got.shape == want.shape == (len(texts), encoder.dim)
+        np.testing.assert_allclose(got, want, atol=1e-5)
+        np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+def test_a_model_the_tracer_cannot_follow_runs_untraced(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("cannot trace this model")
+
+    monkeypatch.setattr(torch.jit, "trace", refuse)
+    with caplog.at_level("WARNING", logger="metaguide.encoder"):
+        encoder = TransformerEncoder(device="cpu")
+    assert not encoder.traced
+    assert "runs untraced: cannot trace this model" in caplog.text
+    vectors = encoder.embed_many(["a red cotton shirt", "blue jeans"])
+    assert vectors.shape == (2, encoder.dim)
