@@ -27,6 +27,13 @@ if TYPE_CHECKING:
 __all__ = ["follow_items"]
 
 MAX_RECORDS = 2000
+# The broker holds a fetch until this much is there or the wait is over: while listings
+# stream in, the follower reads in chunks instead of one fetch per few records (measured on
+# the embedded broker, 1,000 listings/s for 3.3 s: 674 fetches with Kafka's defaults, 24 with
+# these), and each fetch costs the broker CPU that the model shares. The replica is then at
+# most FETCH_MAX_WAIT_MS behind; a worker's own listings go in at once.
+FETCH_MIN_BYTES = 64 * 1024
+FETCH_MAX_WAIT_MS = 200
 
 
 async def follow_items(worker: Worker, catalog: dict[bytes, Any]) -> None:
@@ -56,5 +63,7 @@ async def follow_items(worker: Worker, catalog: dict[bytes, Any]) -> None:
         caught_up,
         max_records=MAX_RECORDS,
         max_partition_fetch_bytes=8 * 1024 * 1024,
+        fetch_min_bytes=FETCH_MIN_BYTES,
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
         **kafka_client_options(worker.settings),
     )
