@@ -60,11 +60,12 @@ class Prototype:
 
 
 def softmax_scores(neg_distances: np.ndarray, temperature: float) -> np.ndarray:
-    """Softmax over negative distances divided by a temperature (stable)."""
+    """Softmax over negative distances divided by a temperature (stable), along the last
+    axis: one row of scores per query."""
     z = neg_distances / temperature
-    z = z - z.max()
+    z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
-    return e / e.sum()
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 class CategoryPrototypes:
@@ -180,12 +181,13 @@ class CategoryPrototypes:
             means, sq_norms = self._mapped_means(platform, means, transform)
         # squared Euclidean distance, as in prototypical networks
         d2 = (x * x).sum(1, keepdims=True) - 2.0 * x @ means.T + sq_norms
-        out = []
-        for row in d2:
-            probs = softmax_scores(-row, self.temperature)
-            top = np.argsort(-probs, kind="stable")[:k]
-            out.append([(names[i], float(probs[i])) for i in top])
-        return out
+        probs = softmax_scores(-d2, self.temperature)
+        top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        top_probs = np.take_along_axis(probs, top, axis=1)
+        return [
+            [(names[i], p) for i, p in zip(row, row_probs, strict=True)]
+            for row, row_probs in zip(top.tolist(), top_probs.tolist(), strict=True)
+        ]
 
     def _mapped_means(
         self, platform: str, means: np.ndarray, transform: Callable[[np.ndarray], np.ndarray]

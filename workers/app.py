@@ -21,7 +21,7 @@ import faust
 import numpy as np
 from faust.types import EventT, StreamT
 
-from metaguide.batching import MicroBatcher
+from metaguide.batching import MicroBatcher, TickBatcher
 from metaguide.config import Settings
 from metaguide.errors import SchemaViolation
 from metaguide.events import (
@@ -167,6 +167,20 @@ class Worker:
     catalog_caught_up: bool = False  # the items changelog read to its end once
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
+    def __post_init__(self) -> None:
+        # the listings of one micro-batch are classified together, by platform and snapshot
+        # (keyed by the snapshot's identity: the requests hold it, so it stays alive)
+        self._classifier: TickBatcher[tuple[str, int], list[tuple[str, float]]]
+        self._classifier = TickBatcher(self._classify_many)
+
+    def _classify_many(
+        self, key: tuple[str, int], requests: list[tuple[np.ndarray, Snapshot | None]]
+    ) -> list[list[tuple[str, float]]]:
+        platform, snapshot = key[0], requests[0][1]
+        transform = None if snapshot is None else snapshot.adapter_for(platform).apply
+        vectors = np.stack([vector for vector, _ in requests])
+        return self.prototypes.nearest_many(platform, vectors, self.settings.top_k, transform)
+
     @property
     def model_version(self) -> str:
         snapshot = self.snapshot
@@ -231,13 +245,8 @@ class Worker:
             )
             return
         snapshot = self.snapshot  # read once: this listing is classified by one snapshot
-        if snapshot is None:
-            transform, version = None, BASE_MODEL_VERSION
-        else:
-            transform, version = snapshot.adapter_for(listing.platform).apply, snapshot.version
-        top_k = self.prototypes.nearest_one(
-            listing.platform, vector, self.settings.top_k, transform
-        )
+        version = BASE_MODEL_VERSION if snapshot is None else snapshot.version
+        top_k = await self._classifier.submit((listing.platform, id(snapshot)), (vector, snapshot))
         record = classification_record(listing, top_k, version)
         await self.topics["classifications"].send(
             key=listing.item_id.encode(), value=encode_json(record)

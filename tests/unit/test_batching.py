@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from metaguide.batching import MicroBatcher
+from metaguide.batching import MicroBatcher, TickBatcher
 
 
 class RecordingModel:
@@ -121,3 +121,23 @@ def test_bad_settings_are_refused() -> None:
         MicroBatcher(RecordingModel(), max_batch_size=0)
     with pytest.raises(ValueError, match="concurrency"):
         MicroBatcher(RecordingModel(), concurrency=0)
+
+
+async def test_requests_of_one_turn_are_answered_by_one_call_per_key() -> None:
+    calls: list[tuple[str, list[int]]] = []
+
+    def square(key: str, values: list[int]) -> list[int]:
+        calls.append((key, list(values)))
+        if key == "bad":
+            raise ValueError("no squares here")
+        return [v * v for v in values]
+
+    batcher: TickBatcher[str, int] = TickBatcher(square)
+    futures = [batcher.submit("a" if i % 2 else "b", i) for i in range(6)]
+    bad = batcher.submit("bad", 7)
+    assert [await f for f in futures] == [0, 1, 4, 9, 16, 25]
+    with pytest.raises(ValueError, match="no squares"):
+        await bad
+    assert sorted(calls) == [("a", [1, 3, 5]), ("b", [0, 2, 4]), ("bad", [7])]
+    assert await batcher.submit("a", 8) == 64  # a later turn: a call of its own
+    assert calls[-1] == ("a", [8])
