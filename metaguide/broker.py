@@ -2,8 +2,9 @@
 
 Used by ``metaguide demo`` and the integration tests. It keeps every message in memory and
 is gone when stopped. Known quirks (see ENVIRONMENT.md): no idempotent or transactional
-producers, and ListOffsets(latest) is wrong for batched produces, so workers against it use
-``producer_max_batch_size=1`` (the ``embedded`` profile in :mod:`metaguide.config`).
+producers, and ListOffsets(latest) answers the last record batch's base offset + 1, so
+workers against it (the ``embedded`` profile) read the true end of the changelogs they
+recover from their last batch (:func:`workers.flow.true_end_offsets`).
 """
 
 from __future__ import annotations
