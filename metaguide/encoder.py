@@ -7,6 +7,7 @@ nothing is downloaded at run time. Any other encoder is a model id or a local fo
 from __future__ import annotations
 
 import logging
+import math
 import os
 import warnings
 from pathlib import Path
@@ -21,6 +22,7 @@ from metaguide.errors import EncoderError
 __all__ = [
     "DEFAULT_MODEL",
     "TransformerEncoder",
+    "cgroup_cpu_limit",
     "cpu_cores",
     "default_model_path",
     "pick_device",
@@ -59,12 +61,35 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
-def cpu_cores() -> int:
-    """The cores this process may run on."""
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def cgroup_cpu_limit(path: Path = CGROUP_CPU_MAX) -> float | None:
+    """The CPU limit of this process's cgroup (v2 ``cpu.max``: quota and period), or None.
+
+    A container limited to 2 CPUs on a 64-core node sees 64 cores in its affinity mask."""
     try:
-        return len(os.sched_getaffinity(0))
+        quota, period = path.read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    try:
+        return int(quota) / int(period)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def cpu_cores() -> int:
+    """The cores this process may use: its affinity mask, capped by its cgroup's CPU limit."""
+    try:
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    limit = cgroup_cpu_limit()
+    if limit is not None:
+        cores = min(cores, max(1, math.ceil(limit)))
+    return cores
 
 
 def thread_layout(device: torch.device, streams: int = 1, cores: int = 0) -> tuple[int, int]:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import torch
 
-from metaguide.encoder import thread_layout
+import metaguide.encoder as encoder_module
+from metaguide.encoder import cgroup_cpu_limit, cpu_cores, thread_layout
 
 CPU, GPU = torch.device("cpu"), torch.device("cuda")
 
@@ -25,3 +29,22 @@ def test_a_given_number_of_streams_shares_the_cores_out() -> None:
 def test_a_gpu_runs_one_call_at_a_time_and_leaves_torch_threads_alone() -> None:
     assert thread_layout(GPU, 0) == (1, 0)
     assert thread_layout(GPU, 2) == (2, 0)
+
+
+def test_a_cgroup_cpu_limit_is_read_from_cpu_max(tmp_path: Path) -> None:
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("200000 100000\n")
+    assert cgroup_cpu_limit(cpu_max) == 2.0
+    cpu_max.write_text("150000 100000\n")
+    assert cgroup_cpu_limit(cpu_max) == 1.5
+    cpu_max.write_text("max 100000\n")
+    assert cgroup_cpu_limit(cpu_max) is None
+    assert cgroup_cpu_limit(tmp_path / "absent") is None
+
+
+def test_the_cores_are_capped_by_the_cgroup_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(encoder_module.os, "sched_getaffinity", lambda pid: set(range(64)))
+    monkeypatch.setattr(encoder_module, "cgroup_cpu_limit", lambda: 1.5)
+    assert cpu_cores() == 2
+    monkeypatch.setattr(encoder_module, "cgroup_cpu_limit", lambda: None)
+    assert cpu_cores() == 64
