@@ -98,7 +98,7 @@ def thread_layout(device: torch.device, streams: int = 1, cores: int = 0) -> tup
     On a GPU one call at a time (the device serialises them anyway; threads 0: left as they
     are). On a CPU the cores are shared out between the calls. Auto, for a worker: one call
     per core, up to four. Measured here on 2 cores (all-MiniLM-L6-v2, batches of 32): two
-    single-threaded calls side by side embed 15-40% more per second than one call on two
+    single-threaded calls side by side embed 5-40% more per second than one call on two
     threads, whose halves wait for each other at every operation.
     """
     if device.type != "cpu":

@@ -9,7 +9,13 @@ from aiokafka import AIOKafkaProducer
 
 from metaguide.events import encode_json
 
-__all__ = ["follow_topic", "produce_events", "kafka_client_options", "read_to_end"]
+__all__ = [
+    "follow_topic",
+    "group_less_consumer",
+    "kafka_client_options",
+    "produce_events",
+    "read_to_end",
+]
 
 
 def kafka_client_options(settings: Any) -> dict[str, Any]:
@@ -69,7 +75,7 @@ async def read_to_end(bootstrap: str, topic: str, **client_options: Any) -> list
     ([] when the topic does not exist yet). A group-less consumer: commits nothing."""
     from aiokafka import TopicPartition
 
-    consumer = _group_less_consumer(bootstrap, **client_options)
+    consumer = group_less_consumer(bootstrap, **client_options)
     await consumer.start()
     try:
         if topic not in await consumer.topics():
@@ -109,7 +115,7 @@ async def follow_topic(
     called once every partition has been read to the end offsets seen at the start."""
     from aiokafka import TopicPartition
 
-    consumer = _group_less_consumer(bootstrap, **client_options)
+    consumer = group_less_consumer(bootstrap, **client_options)
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
@@ -132,7 +138,8 @@ async def follow_topic(
         await consumer.stop()
 
 
-def _group_less_consumer(bootstrap: str, **client_options: Any) -> Any:
+def group_less_consumer(bootstrap: str, **client_options: Any) -> Any:
+    """An aiokafka consumer in no group: it reads where it is told and commits nothing."""
     from aiokafka import AIOKafkaConsumer
 
     return AIOKafkaConsumer(

@@ -10,6 +10,7 @@ Listing path (``listings`` topic, keyed by item id):
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import time
@@ -312,9 +313,7 @@ class Worker:
         await self.batcher.close()
 
 
-_blas_limited = False
-
-
+@functools.cache
 def _single_threaded_blas() -> None:
     """numpy's BLAS (OpenBLAS) on one thread, in this process, once.
 
@@ -324,15 +323,10 @@ def _single_threaded_blas() -> None:
     3.7 CPU-seconds the two encoder calls had, and the listing path fell from 419-464 to
     284-334 listings/s. The cores belong to the encoder's calls (torch's own BLAS is apart).
     """
-    global _blas_limited
-    if not _blas_limited:
-        ThreadpoolController().select(internal_api="openblas").limit(limits=1)
-        _blas_limited = True
+    ThreadpoolController().select(internal_api="openblas").limit(limits=1)
 
 
-_heap_frozen = False
-
-
+@functools.cache
 def _freeze_startup_heap() -> None:
     """Move what is alive once the model is loaded (libraries, model: about 390,000
     objects) out of the cyclic garbage collector's sight, once per process.
@@ -341,11 +335,8 @@ def _freeze_startup_heap() -> None:
     listing paths allocate enough to trigger them: two took 1.0 s of a 10 s click backlog.
     Collected first, so no garbage is frozen with them; refcounting still frees them.
     """
-    global _heap_frozen
-    if not _heap_frozen:
-        gc.collect()
-        gc.freeze()
-        _heap_frozen = True
+    gc.collect()
+    gc.freeze()
 
 
 def create_worker(

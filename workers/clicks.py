@@ -14,8 +14,8 @@ clicks (keyed by user_id)
      profile is changelogged at most once per ``profile_write_interval_s`` (write-behind,
      as Kafka Streams' record cache does), and packs are acked after that write.
 
-Packing is what makes the path fast: with one record per changelog write on the embedded
-broker, per-message and per-write costs dominate, so every internal message carries a batch
+Packing is what makes the path fast: Faust's and aiokafka's per-message and per-write costs
+dominate a click's own work, so every internal message carries a batch
 and every table key is written once per pack. Item statistics are not one record per item
 but one summary per (platform, partition), written once per pack: the most popular items of
 an item partition, the purchase and repeat counts of a user partition. A pack's partition

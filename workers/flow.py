@@ -1,4 +1,4 @@
-"""How events flow from the broker into the agents: three corrections to Faust.
+"""How events flow from the broker into the agents: four corrections to Faust.
 
 1. Fetch wait. Kafka answers a fetch as soon as there is data; the embedded broker (Tansu)
    holds it for the whole ``fetch_max_wait_ms``: measured, a record was received 0.72 s after
@@ -54,10 +54,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import faust
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.utils.objects import cached_property
 from mode.utils.queues import FlowControlEvent
+
+from metaguide.replay import group_less_consumer
 
 __all__ = [
     "EMBEDDED_FETCH_MAX_WAIT_MS",
@@ -88,9 +90,7 @@ async def true_end_offsets(
     }
     if not starts:
         return ends
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
-    )
+    consumer = group_less_consumer(bootstrap)
     await consumer.start()
     try:
         consumer.assign(list(starts))
