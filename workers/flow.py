@@ -1,4 +1,5 @@
-"""How events flow from the broker into the agents: four corrections to Faust.
+"""How events flow from the broker into the agents: four corrections to Faust, and a
+cheaper hand-over of fetched events to the streams.
 
 1. Fetch wait. Kafka answers a fetch as soon as there is data; the embedded broker (Tansu)
    holds it for the whole ``fetch_max_wait_ms``: measured, a record was received 0.72 s after
@@ -44,13 +45,30 @@
    own produce request. :func:`true_end_offsets` fetches each partition's last batch and
    takes the offset after its last record; with it, table recovery is right with batched
    produces (aiokafka's default) and the embedded profile batches like any other.
+
+5. Hand-over without four tasks per event (:meth:`SeekClearingConsumer._drain_messages`).
+
+   Faust hands each fetched event to its streams with ``wait_first(callback(message),
+   suspend_flow.wait())``: four tasks (the callback and three waits) created, raced and
+   cancelled per event, and the fetcher moves to the next event only some loop turns later,
+   so a stream gets one event per turn. The hand-over almost never waits (it puts the
+   event into a stream buffer that has room), so it is now started directly: when it
+   finishes without waiting, as it nearly always does, the next event follows in the same
+   turn; only when it does wait (a full buffer, flow control, a full producer buffer) is
+   the rest of it raced against the flow being suspended, as Faust does. An event fetched
+   while flow is suspended is skipped, as Faust skips it (it is fetched again after the
+   seek). Measured on a backlog of 3,000 listings with a stand-in encoder: 9.7 loop turns
+   per listing before, 1.6 after; event-loop CPU 0.33-0.67 ms per listing before,
+   0.12-0.20 after. With the real encoder the event loop's CPU fell from 1.60-1.74 s to
+   1.31-1.36 s for the same backlog.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Coroutine, Generator, Mapping
 from typing import Any
 
 import faust
@@ -72,6 +90,8 @@ __all__ = [
 log = logging.getLogger("metaguide.flow")
 
 EMBEDDED_FETCH_MAX_WAIT_MS = 50
+DRAIN_YIELD_EVERY = 100  # events handed over between two yields to the loop (Faust's figure)
+FETCHING = "FETCHING"  # Faust's diagnostic flag while the drain loop fetches
 LAST_BATCH_TIMEOUT_S = 10.0
 
 
@@ -146,6 +166,89 @@ class SeekClearingConsumer(faust_aiokafka.Consumer):
             self.app.flow_control.clear()
             if was_active:
                 self.resume_flow()
+
+    async def _drain_messages(self, fetcher: Any) -> None:
+        # Faust's loop (gaps, commit_every, a yield to the loop every 100 events) with the
+        # direct hand-over described in the module docstring (5)
+        callback = self.callback
+        suspended = self.suspend_flow.is_set
+        read_offsets = self._read_offset
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        since_yield = 0
+        try:
+            while not (self.should_stop or fetcher.should_stop):
+                self.diag.set_flag(FETCHING)
+                records = self.getmany(timeout=1.0)
+                await asyncio.sleep(0)  # getmany may return at once, time after time
+                if self.should_stop:
+                    continue
+                async for tp, message in records:
+                    since_yield += 1
+                    if since_yield > DRAIN_YIELD_EVERY:
+                        since_yield = 0
+                        await asyncio.sleep(0)
+                    offset = message.offset
+                    read = read_offsets[tp]
+                    if read is not None and offset < read:
+                        continue  # already handed over
+                    if read and offset - read > 1 and acks_enabled_for(message.topic):
+                        await self._add_gap(tp, read + 1, offset)
+                    if self._commit_every is not None and self._n_acked >= self._commit_every:
+                        self._n_acked = 0
+                        await self.commit()
+                    # while flow is suspended the event is skipped, as Faust skips it: it is
+                    # fetched again from the committed offset after the seek
+                    if not suspended():
+                        await self._hand_over(callback(message))
+                    read_offsets[tp] = offset
+                self.diag.unset_flag(FETCHING)
+        except self.consumer_stopped_errors:
+            if not self.transport.app.should_stop:
+                raise
+            log.info("broker stopped the consumer while shutting down")
+        except asyncio.CancelledError:
+            if not self.transport.app.should_stop:
+                raise
+        except Exception:
+            log.exception("handing fetched events to the streams failed")
+            raise
+        finally:
+            self.diag.unset_flag(FETCHING)
+
+    async def _hand_over(self, handover: Awaitable[Any]) -> None:
+        # run it up to its first wait; if it waits, race the rest against a suspend of flow
+        if isinstance(handover, Coroutine):
+            try:
+                waiting_on = handover.send(None)
+            except StopIteration:
+                return
+            handover = _Resumed(handover, waiting_on)
+        await self.wait_first(handover, self.suspend_flow.wait())
+
+
+class _Resumed:
+    """Awaitable rest of a coroutine that was started by hand and is waiting on
+    ``waiting_on`` (what it yielded): whoever awaits this drives it on."""
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], waiting_on: Any) -> None:
+        self.coro = coro
+        self.waiting_on = waiting_on
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, pending = self.coro, self.waiting_on
+        while True:
+            try:
+                sent = yield pending
+            except BaseException as exc:  # a cancel or a throw: the coroutine gets it
+                try:
+                    pending = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    pending = coro.send(sent)
+                except StopIteration as stop:
+                    return stop.value
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):

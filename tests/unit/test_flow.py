@@ -1,13 +1,17 @@
-"""KeepingFlowControl: resuming flow keeps what the stream buffers hold; clear() still clears."""
+"""KeepingFlowControl: resuming flow keeps what the stream buffers hold; clear() still clears.
+The drain loop's hand-over: run at once when it does not wait, raced against a suspend of flow
+when it does."""
 
 from __future__ import annotations
 
 import asyncio
 from types import SimpleNamespace
 
+import pytest
+from mode import Service
 from mode.utils.queues import FlowControlQueue
 
-from workers.flow import KeepingFlowControl
+from workers.flow import KeepingFlowControl, SeekClearingConsumer
 
 
 async def test_resume_keeps_buffered_events_and_clear_drops_them() -> None:
@@ -27,3 +31,70 @@ async def test_resume_keeps_buffered_events_and_clear_drops_them() -> None:
     assert not flow.is_active()
     flow.clear()  # what Faust does on a rebalance, before seeking to committed offsets
     assert queue.empty()
+
+
+def _drain_loop_stand_in() -> SimpleNamespace:
+    """What ``_hand_over`` uses of the consumer: mode's ``wait_first`` and the suspend event."""
+    return SimpleNamespace(wait_first=Service().wait_first, suspend_flow=asyncio.Event())
+
+
+async def test_a_hand_over_that_does_not_wait_finishes_without_yielding_to_the_loop() -> None:
+    delivered: list[int] = []
+
+    async def put(offset: int) -> None:
+        delivered.append(offset)  # room in the buffer: nothing to wait for
+
+    step = SeekClearingConsumer._hand_over(_drain_loop_stand_in(), put(7))  # type: ignore[arg-type]
+    with pytest.raises(StopIteration):
+        step.send(None)  # done in its first step: no task, no loop turn
+    assert delivered == [7]
+
+
+async def test_a_hand_over_that_waits_is_driven_to_its_end() -> None:
+    room = asyncio.get_running_loop().create_future()
+    delivered: list[int] = []
+
+    async def put(offset: int) -> None:
+        delivered.append(await room + offset)
+
+    consumer = _drain_loop_stand_in()
+    task = asyncio.ensure_future(SeekClearingConsumer._hand_over(consumer, put(7)))  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    assert not task.done() and delivered == []
+    room.set_result(100)
+    await asyncio.wait_for(task, 1)
+    assert delivered == [107]
+
+
+async def test_a_waiting_hand_over_is_cancelled_when_flow_is_suspended() -> None:
+    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    seen: list[str] = []
+
+    async def put() -> None:
+        try:
+            await never
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    consumer = _drain_loop_stand_in()
+    task = asyncio.ensure_future(SeekClearingConsumer._hand_over(consumer, put()))  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    consumer.suspend_flow.set()  # a rebalance: the event is fetched again after the seek
+    await asyncio.wait_for(task, 1)
+    assert seen == ["cancelled"]
+
+
+async def test_an_error_after_a_wait_reaches_the_drain_loop() -> None:
+    room = asyncio.get_running_loop().create_future()
+
+    async def put() -> None:
+        await room
+        raise ValueError("undecodable")
+
+    consumer = _drain_loop_stand_in()
+    task = asyncio.ensure_future(SeekClearingConsumer._hand_over(consumer, put()))  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    room.set_result(None)
+    with pytest.raises(ValueError, match="undecodable"):
+        await asyncio.wait_for(task, 1)
