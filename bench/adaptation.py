@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,18 @@ from workers.app import create_worker  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "adaptation.json"
 BASE = ["Watches", "Tshirts", "Handbags", "Casual Shoes", "Sunglasses", "Socks"]
+
+
+def has_category(worker: Any, category: str) -> bool:
+    return any(k.endswith(category) for k in worker.prototypes.categories())
+
+
+def has_count(worker: Any, key: str, count: int) -> bool:
+    return bool(worker.prototypes.categories().get(key) == count)
+
+
+def serves(worker: Any, version: str) -> bool:
+    return bool(worker.model_version == version)
 
 
 async def first_choice(consumer: Any, item_id: str, timeout_s: float = 60) -> str:
@@ -97,13 +110,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for category in new:
             items = by_cat[category]
             await send([listing_event(x, labelled=True) for x in items[:4]])
-            await wait_until(
-                lambda category=category: any(
-                    k.endswith(category) for k in worker.prototypes.categories()
-                ),
-                60,
-                category,
-            )
+            await wait_until(partial(has_category, worker, category), 60, category)
             t0 = time.monotonic()
             await send(
                 [listing_event(items[4], labelled=True), listing_event(items[5], labelled=False)]
@@ -111,9 +118,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             name = await first_choice(consumer, items[5].item_id)
             to_predicted.append(time.monotonic() - t0 if name == category else float("nan"))
             key = prototype_key(items[4].platform, category)
-            await wait_until(
-                lambda key=key: worker.prototypes.categories().get(key) == 5, 60, category
-            )
+            await wait_until(partial(has_count, worker, key, 5), 60, category)
             to_visible.append(time.monotonic() - t0)
         await consumer.stop()
         store = snapshot_store(settings)
@@ -135,7 +140,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 training={},
                 evaluation={},
             )
-            await wait_until(lambda v=str(value["version"]): worker.model_version == v, 60, "swap")
+            await wait_until(partial(serves, worker, str(value["version"])), 60, "swap")
             swaps.append(time.monotonic() - t0)
         await worker.stop()
     predicted = [t for t in to_predicted if t == t]

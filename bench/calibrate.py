@@ -35,7 +35,7 @@ def main() -> None:
     protos = CategoryPrototypes()
     for x, v in zip(split.labelled, support, strict=True):
         protos.update_one(x.platform, x.category, v)
-    names, means = protos._matrix("myntra")
+    names, means, _ = protos._matrix("myntra")
     index = {n: i for i, n in enumerate(names)}
     test = [x for x in split.test if x.category in index]
     half = len(test) // 2

@@ -121,9 +121,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             broker.bootstrap, settings.topic("listings"), listings, key_field="item_id"
         )
         await wait_until(
-            lambda: (
-                len(lister.items) >= len(listings) and not lister.app.consumer._unacked_messages
-            ),
+            lambda: len(lister.items) >= len(listings) and not lister.app.consumer.unacked,
             900,
             "the listings",
         )

@@ -128,7 +128,7 @@ async def bench_pipeline(
         await wait_until(
             lambda: (
                 sum(learner.prototypes.categories().values()) >= len(split.labelled)
-                and not learner.app.consumer._unacked_messages
+                and not learner.app.consumer.unacked
             ),
             600,
             "the labelled phase",

@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ).episodes(30)
     l2 = max(L2_GRID, key=lambda c: logistic_accuracy(x, val_eps, l2=c).mean())
 
-    counts = {name: {} for name in sets}
+    counts: dict[str, dict[Any, int]] = {name: {} for name in sets}
     for name, (_, labs, _) in sets.items():
         for lab in labs:
             counts[name][lab] = counts[name].get(lab, 0) + 1
