@@ -11,7 +11,7 @@ import pytest
 from mode import Service
 from mode.utils.queues import FlowControlQueue
 
-from workers.flow import KeepingFlowControl, SeekClearingConsumer
+from workers.flow import App, KeepingFlowControl, SeekClearingConsumer
 
 
 async def test_resume_keeps_buffered_events_and_clear_drops_them() -> None:
@@ -98,3 +98,25 @@ async def test_an_error_after_a_wait_reaches_the_drain_loop() -> None:
     room.set_result(None)
     with pytest.raises(ValueError, match="undecodable"):
         await asyncio.wait_for(task, 1)
+
+
+async def test_the_started_producer_is_handed_out_without_a_loop_turn() -> None:
+    app = App("flow-unit", broker="kafka://127.0.0.1:1")
+    starts: list[int] = []
+
+    async def maybe_start() -> bool:
+        starts.append(1)
+        await asyncio.sleep(0)  # starting takes loop turns
+        return True
+
+    app.producer.maybe_start = maybe_start  # type: ignore[method-assign]
+    first = await asyncio.gather(*(app.maybe_start_producer() for _ in range(3)))
+    assert first == [app.producer] * 3
+    assert len(starts) == 1  # concurrent first callers share one start (Faust's stampede guard)
+
+    for _ in range(3):  # every send asks for the producer: no loop turn once it has started
+        step = app.maybe_start_producer().__await__()
+        with pytest.raises(StopIteration) as done:
+            next(step)
+        assert done.value.value is app.producer
+    assert len(starts) == 1
