@@ -188,6 +188,17 @@ class Worker:
         snapshot = self.snapshot
         return BASE_MODEL_VERSION if snapshot is None else snapshot.version
 
+    async def produce(self, topic: str, key: bytes, value: bytes) -> None:
+        """Send one record to one of the worker's topics straight through aiokafka's producer.
+
+        Faust's ``Topic.send`` wraps each record in its own future, sensors and callbacks on
+        the event loop, which the listing path paid once per classification. Delivery is as
+        safe: before each commit Faust flushes this producer too (``Producer.flush``), so an
+        input offset is committed only after the records sent for it were delivered.
+        """
+        producer = self.app.producer._ensure_producer()  # type: ignore[attr-defined]
+        await producer.send(self.topics[topic].get_topic_name(), value=value, key=key)
+
     async def dead_letter(self, message: Any, reason: str, detail: str) -> None:
         """Send an event that cannot be processed to the dead-letter topic, with its reason."""
         record = dead_letter_record(
@@ -250,9 +261,7 @@ class Worker:
         version = BASE_MODEL_VERSION if snapshot is None else snapshot.version
         top_k = await self._classifier.submit((listing.platform, id(snapshot)), (vector, snapshot))
         record = classification_record(listing, top_k, version)
-        await self.topics["classifications"].send(
-            key=listing.item_id.encode(), value=encode_json(record)
-        )
+        await self.produce("classifications", listing.item_id.encode(), encode_json(record))
         self.metrics.classifications.labels(listing.platform).inc()
         self.metrics.event_latency.labels(message.topic).observe(max(0.0, time.time() - listing.ts))
 
