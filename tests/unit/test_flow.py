@@ -11,6 +11,7 @@ import pytest
 from mode import Service
 from mode.utils.queues import FlowControlQueue
 
+from metaguide.waiting import wait_until
 from workers.flow import App, KeepingFlowControl, SeekClearingConsumer
 
 
@@ -52,14 +53,16 @@ async def test_a_hand_over_that_does_not_wait_finishes_without_yielding_to_the_l
 
 async def test_a_hand_over_that_waits_is_driven_to_its_end() -> None:
     room = asyncio.get_running_loop().create_future()
+    waiting = asyncio.Event()
     delivered: list[int] = []
 
     async def put(offset: int) -> None:
+        waiting.set()
         delivered.append(await room + offset)
 
     consumer = _drain_loop_stand_in()
     task = asyncio.ensure_future(SeekClearingConsumer._hand_over(consumer, put(7)))  # type: ignore[arg-type]
-    await asyncio.sleep(0)
+    await asyncio.wait_for(waiting.wait(), 1)
     assert not task.done() and delivered == []
     room.set_result(100)
     await asyncio.wait_for(task, 1)
@@ -68,9 +71,11 @@ async def test_a_hand_over_that_waits_is_driven_to_its_end() -> None:
 
 async def test_a_waiting_hand_over_is_cancelled_when_flow_is_suspended() -> None:
     never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    waiting = asyncio.Event()
     seen: list[str] = []
 
     async def put() -> None:
+        waiting.set()
         try:
             await never
         except asyncio.CancelledError:
@@ -79,7 +84,7 @@ async def test_a_waiting_hand_over_is_cancelled_when_flow_is_suspended() -> None
 
     consumer = _drain_loop_stand_in()
     task = asyncio.ensure_future(SeekClearingConsumer._hand_over(consumer, put()))  # type: ignore[arg-type]
-    await asyncio.sleep(0)
+    await asyncio.wait_for(waiting.wait(), 1)
     consumer.suspend_flow.set()  # a rebalance: the event is fetched again after the seek
     await asyncio.wait_for(task, 1)
     assert seen == ["cancelled"]
@@ -87,14 +92,16 @@ async def test_a_waiting_hand_over_is_cancelled_when_flow_is_suspended() -> None
 
 async def test_an_error_after_a_wait_reaches_the_drain_loop() -> None:
     room = asyncio.get_running_loop().create_future()
+    waiting = asyncio.Event()
 
     async def put() -> None:
+        waiting.set()
         await room
         raise ValueError("undecodable")
 
     consumer = _drain_loop_stand_in()
     task = asyncio.ensure_future(SeekClearingConsumer._hand_over(consumer, put()))  # type: ignore[arg-type]
-    await asyncio.sleep(0)
+    await asyncio.wait_for(waiting.wait(), 1)
     room.set_result(None)
     with pytest.raises(ValueError, match="undecodable"):
         await asyncio.wait_for(task, 1)
@@ -103,14 +110,18 @@ async def test_an_error_after_a_wait_reaches_the_drain_loop() -> None:
 async def test_the_started_producer_is_handed_out_without_a_loop_turn() -> None:
     app = App("flow-unit", broker="kafka://127.0.0.1:1")
     starts: list[int] = []
+    started = asyncio.Event()  # held until all three first callers are waiting on the start
 
     async def maybe_start() -> bool:
         starts.append(1)
-        await asyncio.sleep(0)  # starting takes loop turns
+        await started.wait()
         return True
 
     app.producer.maybe_start = maybe_start  # type: ignore[method-assign]
-    first = await asyncio.gather(*(app.maybe_start_producer() for _ in range(3)))
+    callers = asyncio.gather(*(app.maybe_start_producer() for _ in range(3)))
+    await wait_until(lambda: bool(starts), 1, "the producer's start")
+    started.set()
+    first = await asyncio.wait_for(callers, 1)
     assert first == [app.producer] * 3
     assert len(starts) == 1  # concurrent first callers share one start (Faust's stampede guard)
 
