@@ -74,7 +74,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Coroutine, Generator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from typing import Any
 
 import faust
@@ -153,8 +153,8 @@ class KeepingFlowControl(FlowControlEvent):
 
 class SeekClearingConsumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer: no event delivered while it seeks back to the committed
-    offsets, none of those buffered before kept; its fetches wait the app's
-    ``fetch_max_wait_ms``."""
+    offsets, none of those buffered before kept; fetched events handed to the streams
+    directly (5); its fetches wait the app's ``fetch_max_wait_ms``."""
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -242,19 +242,18 @@ class _Resumed:
 
     def __await__(self) -> Generator[Any, Any, Any]:
         coro, pending = self.coro, self.waiting_on
+        step: Callable[[Any], Any]
         while True:
             try:
                 sent = yield pending
             except BaseException as exc:  # a cancel or a throw: the coroutine gets it
-                try:
-                    pending = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
+                step, arg = coro.throw, exc
             else:
-                try:
-                    pending = coro.send(sent)
-                except StopIteration as stop:
-                    return stop.value
+                step, arg = coro.send, sent
+            try:
+                pending = step(arg)
+            except StopIteration as stop:
+                return stop.value
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
