@@ -72,10 +72,10 @@ def bench_raw(
 
 
 def raw_layouts(encoder: TransformerEncoder) -> dict[str, int]:
-    """Name -> streams: one call at a time on every core, and the worker's layout."""
-    layouts = {f"1x{cpu_cores()}": 1}
-    layouts[f"{encoder.streams}x{encoder.threads}"] = encoder.streams
-    return layouts
+    """Name -> streams: one call at a time on every core, and the worker's layout (measured
+    once when they are the same: a GPU, or a worker of one stream)."""
+    names = {1: f"1x{cpu_cores()}", encoder.streams: f"{encoder.streams}x{encoder.threads}"}
+    return {name: streams for streams, name in names.items()}
 
 
 async def bench_batcher(encoder: TransformerEncoder, texts: list[str], batch_size: int) -> float:
