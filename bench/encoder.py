@@ -100,8 +100,8 @@ async def bench_pipeline(
     A first worker learns the labelled examples and stops; the unlabelled listings are then
     produced with no worker running; a second worker (same app id) recovers the tables and
     works the backlog. Timed from that worker being ready to its n-th classification (those
-    classified before it was ready not counted), so
-    neither the producer nor a result consumer shares its event loop.
+    classified before it was ready not counted), so neither the producer nor a result
+    consumer shares its event loop.
     """
     from workers.app import create_worker
 
