@@ -1,5 +1,6 @@
-"""How events flow from the broker into the agents: four corrections to Faust, and two
-ways Faust spent event-loop turns per event that it did not need to.
+"""How events flow from the broker into the agents: four corrections to Faust, two ways
+Faust spent event-loop turns per event that it did not need to, and partitions it fetched
+without reading them.
 
 1. Fetch wait. Kafka answers a fetch as soon as there is data; the embedded broker (Tansu)
    holds it for the whole ``fetch_max_wait_ms``: measured, a record was received 0.72 s after
@@ -78,7 +79,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from typing import Any
 
 import faust
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.utils.objects import cached_property
 from mode.utils.queues import FlowControlEvent
@@ -90,6 +91,7 @@ __all__ = [
     "App",
     "KeepingFlowControl",
     "SeekClearingConsumer",
+    "fetch_only_read",
     "true_end_offsets",
 ]
 
@@ -151,13 +153,52 @@ class KeepingFlowControl(FlowControlEvent):
         self._resume.set()
 
 
+def fetch_only_read(
+    consumer: AIOKafkaConsumer, unread: frozenset[Any], managed_topics: frozenset[str]
+) -> None:
+    """Pause in aiokafka the assigned partitions of ``managed_topics`` that are in ``unread``
+    and resume the others; run in the loop that aiokafka's consumer runs in."""
+    for tp in consumer.assignment():
+        if tp.topic not in managed_topics:
+            continue
+        if tp in unread:
+            consumer.pause(tp)
+        else:
+            consumer.resume(tp)
+
+
 class SeekClearingConsumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer: no event delivered while it seeks back to the committed
     offsets, none of those buffered before kept; fetched events handed to the streams
-    directly (5); its fetches wait the app's ``fetch_max_wait_ms``."""
+    directly (5); its fetches wait the app's ``fetch_max_wait_ms``; it fetches only the
+    partitions that are read (7)."""
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def pause_partitions(self, tps: Any) -> None:
+        super().pause_partitions(tps)
+        self._fetch_only_read()
+
+    def resume_partitions(self, tps: Any) -> None:
+        super().resume_partitions(tps)
+        self._fetch_only_read()
+
+    def _fetch_only_read(self) -> None:
+        # Faust's pauses of changelog partitions, and the leader topic, mirrored into
+        # aiokafka's fetcher; each call applies the whole current set, in aiokafka's thread
+        consumer = self._thread._consumer
+        if consumer is None:
+            return
+        leader = self.app._leader_assignor._leader_topic_name  # type: ignore[attr-defined]
+        changelogs = self.app.tables.changelog_topics
+        unread = frozenset(
+            tp
+            for tp in self.assignment()
+            if tp.topic == leader or (tp in self._paused_partitions and tp.topic in changelogs)
+        )
+        managed = frozenset({leader, *changelogs})
+        self._thread.thread_loop.call_soon_threadsafe(fetch_only_read, consumer, unread, managed)
 
     async def perform_seek(self) -> None:
         # Faust resumes the stream partitions just before this seek, so the fetcher may
