@@ -85,6 +85,12 @@ class MicroBatcher:
         """Texts waiting for a batch (not counting the batch in the model)."""
         return len(self._queue)
 
+    @property
+    def saturated(self) -> bool:
+        """A full batch is waiting for the model: every stream has a batch in it (a free
+        stream would have taken this one), so the model is what limits throughput."""
+        return len(self._queue) >= self.max_batch_size
+
     async def embed_one(self, text: str) -> np.ndarray:
         """Queue one text and wait for its vector."""
         self._ensure_running()

@@ -41,7 +41,7 @@ from metaguide.metrics import Metrics
 from metaguide.prototypes import CategoryPrototypes, prototype_key
 from metaguide.snapshots import BASE_MODEL_VERSION, Snapshot
 from workers.clicks import ClickPath, register_click_path
-from workers.flow import EMBEDDED_FETCH_MAX_WAIT_MS, App
+from workers.flow import EMBEDDED_FETCH_MAX_WAIT_MS, App, FetchPacer
 from workers.ops import readiness, register_ops
 from workers.snapshots import register_snapshots
 
@@ -61,6 +61,7 @@ class Embedder(Protocol):
 
 
 EMBEDDED_PRODUCER_LINGER_S = 0.005
+FETCH_PACE_INTERVAL_S = 0.1  # how often the embedded profile's fetch wait follows the load
 
 
 def faust_settings(settings: Settings) -> dict[str, Any]:
@@ -459,6 +460,8 @@ def create_worker(
     worker.clicks = register_click_path(worker, raw_topic)
     register_snapshots(worker, topics["snapshots"])
     register_ops(worker)
+    if settings.broker_profile == "embedded":
+        _pace_fetches(worker)
     listings_name = settings.topic("listings")
     in_flight = asyncio.Semaphore(settings.max_in_flight)
 
@@ -503,6 +506,29 @@ def create_worker(
         worker.metrics.items.set(len(items))
 
     return worker
+
+
+def _fetcher(consumer: Any) -> Any:
+    """An aiokafka consumer's fetcher; None before the consumer has started."""
+    return getattr(consumer, "_fetcher", None)
+
+
+def _pace_fetches(worker: Worker) -> None:
+    """The embedded broker's fetch wait by load (workers/flow.py, 8): Faust's consumer and
+    the click router wait longer while the encoder is saturated."""
+    app = worker.app
+    clicks = worker.clicks
+    pacer = FetchPacer(
+        lambda: worker.batcher.saturated,
+        [
+            lambda: _fetcher(app.consumer._thread._consumer),  # type: ignore[attr-defined]
+            lambda: _fetcher(clicks.router.live if clicks and clicks.router else None),
+        ],
+    )
+
+    @app.timer(interval=FETCH_PACE_INTERVAL_S)
+    async def pace_fetches() -> None:
+        pacer.tick()
 
 
 async def _process_listing(worker: Worker, stream: StreamT, event: EventT) -> None:

@@ -87,8 +87,10 @@ from mode.utils.queues import FlowControlEvent
 from metaguide.replay import group_less_consumer
 
 __all__ = [
+    "EMBEDDED_BUSY_FETCH_MAX_WAIT_MS",
     "EMBEDDED_FETCH_MAX_WAIT_MS",
     "App",
+    "FetchPacer",
     "KeepingFlowControl",
     "SeekClearingConsumer",
     "fetch_only_read",
@@ -98,6 +100,7 @@ __all__ = [
 log = logging.getLogger("metaguide.flow")
 
 EMBEDDED_FETCH_MAX_WAIT_MS = 50
+EMBEDDED_BUSY_FETCH_MAX_WAIT_MS = 240  # under 250 ms: Tansu polls the partitions once
 DRAIN_YIELD_EVERY = 100  # events handed over between two yields to the loop (Faust's figure)
 FETCHING = "FETCHING"  # Faust's diagnostic flag while the drain loop fetches
 LAST_BATCH_TIMEOUT_S = 10.0
@@ -140,6 +143,38 @@ async def true_end_offsets(
     finally:
         await consumer.stop()
     return ends
+
+
+class FetchPacer:
+    """The fetch wait of a worker's consumers by load (8): ``busy_ms`` while ``saturated()``
+    says the model is the bottleneck, ``idle_ms`` otherwise.
+
+    ``tick`` applies it to the fetchers that ``sources`` give (None: not started yet); each
+    fetcher reads it when it builds its next request. Faust's consumer runs in a thread of
+    its own: the wait is one int attribute, so setting it from the event loop is safe.
+    """
+
+    def __init__(
+        self,
+        saturated: Callable[[], bool],
+        sources: list[Callable[[], Any]],
+        idle_ms: int = EMBEDDED_FETCH_MAX_WAIT_MS,
+        busy_ms: int = EMBEDDED_BUSY_FETCH_MAX_WAIT_MS,
+    ) -> None:
+        self.saturated = saturated
+        self.sources = sources
+        self.idle_ms = idle_ms
+        self.busy_ms = busy_ms
+        self.wait_ms = idle_ms
+
+    def tick(self) -> int:
+        """Set every started fetcher's wait for the load now; return that wait."""
+        self.wait_ms = self.busy_ms if self.saturated() else self.idle_ms
+        for source in self.sources:
+            fetcher = source()
+            if fetcher is not None:
+                fetcher._fetch_max_wait_ms = self.wait_ms
+        return self.wait_ms
 
 
 class KeepingFlowControl(FlowControlEvent):

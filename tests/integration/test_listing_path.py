@@ -15,6 +15,7 @@ from metaguide.events import encode_json
 from metaguide.replay import produce_events
 from metaguide.waiting import wait_until_async
 from tests.conftest import load_schema, read_topic, wait_until
+from workers.flow import EMBEDDED_BUSY_FETCH_MAX_WAIT_MS, EMBEDDED_FETCH_MAX_WAIT_MS
 
 pytestmark = pytest.mark.integration
 
@@ -232,8 +233,17 @@ async def test_a_worker_started_on_a_backlog_classifies_all_of_it(
     await _send(broker, settings, backlog)
 
     again = await start_worker(settings)
+    waits = asyncio.ensure_future(_fetch_waits(again))
     out = await read_topic(broker.bootstrap, settings.topic("classifications"), len(backlog))
     assert {r["item_id"] for r in out} == {e["item_id"] for e in backlog}
+    # while the encoder was saturated the consumers fetched with the longer wait, and once
+    # the backlog was done with the short one again (workers/flow.py, 8)
+    fetcher = again.app.consumer._thread._consumer._fetcher
+    await wait_until(
+        lambda: fetcher._fetch_max_wait_ms == EMBEDDED_FETCH_MAX_WAIT_MS, 5, "the idle wait"
+    )
+    waits.cancel()
+    assert EMBEDDED_BUSY_FETCH_MAX_WAIT_MS in _seen_waits
     consumed = again.metrics.events_consumed.labels(settings.topic("listings"))._value.get()
     assert consumed == len(backlog)  # each once: nothing of the backlog was seen before
     # every partition's offsets start at 0: committed offsets add up to the records in it
@@ -243,6 +253,18 @@ async def test_a_worker_started_on_a_backlog_classifies_all_of_it(
         30,
         "the backlog committed",
     )
+
+
+_seen_waits: set[int] = set()
+
+
+async def _fetch_waits(worker: Any) -> None:
+    """Record every fetch wait of the worker's Faust consumer, every 10 ms."""
+    _seen_waits.clear()
+    while True:
+        fetcher = worker.app.consumer._thread._consumer._fetcher
+        _seen_waits.add(fetcher._fetch_max_wait_ms)
+        await asyncio.sleep(0.01)  # sampling period, not a wait for a condition
 
 
 async def test_a_ready_worker_fetches_only_the_partitions_its_streams_read(

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from metaguide.batching import MicroBatcher, TickBatcher
+from metaguide.waiting import wait_until
 
 
 class RecordingModel:
@@ -141,3 +142,27 @@ async def test_requests_of_one_turn_are_answered_by_one_call_per_key() -> None:
     assert sorted(calls) == [("a", [1, 3, 5]), ("b", [0, 2, 4]), ("bad", [7])]
     assert await batcher.submit("a", 8) == 64  # a later turn: a call of its own
     assert calls[-1] == ("a", [8])
+
+
+async def test_saturated_while_a_full_batch_waits_for_the_model() -> None:
+    release, entered = threading.Event(), threading.Event()
+
+    def held(texts: list[str]) -> np.ndarray:
+        entered.set()
+        release.wait(5)
+        return np.zeros((len(texts), 1), dtype=np.float32)
+
+    batcher = MicroBatcher(held, max_batch_size=4, max_latency_s=0.0, concurrency=1)
+    first = asyncio.gather(*(batcher.embed_one(f"t-{i}") for i in range(4)))
+    await wait_until(entered.is_set, 1, "the first batch in the model")
+    assert not batcher.saturated
+    rest = asyncio.gather(*(batcher.embed_one(f"t-{i}") for i in range(4, 7)))
+    await asyncio.sleep(0)
+    assert not batcher.saturated  # three waiting: less than a batch
+    more = asyncio.ensure_future(batcher.embed_one("t-7"))
+    await asyncio.sleep(0)
+    assert batcher.saturated  # a full batch waits and the only stream is busy
+    release.set()
+    await asyncio.wait_for(asyncio.gather(first, rest, more), 5)
+    assert not batcher.saturated
+    await batcher.close()
