@@ -1,21 +1,24 @@
 """Listing-path throughput against the raw encoder, measured in one run on the same texts.
 
-    python bench/encoder.py [--n 3000] [--batch-size 32] [--json]
+    python bench/encoder.py [--n 3000] [--batch-size 32] [--rounds 3] [--json]
 
 1. raw: the encoder alone, ``embed_many`` over the texts in batches of --batch-size, in two
    layouts: one call at a time on every core, and the worker's layout (on a CPU, one
    single-threaded call per core side by side); the baseline is the faster of the two;
 2. batcher: the same texts through the micro-batcher (all callers at once);
-3. pipeline: the same texts as unlabelled Myntra listings through a worker on the embedded
-   broker (validate, embed, item table write, classify, produce), working off a backlog,
-   timed from the worker being ready to its last classification (listings classified before
-   it reported ready are not counted);
-4. latency: the same worker then gets listings at half and at full the throughput it just
-   showed, --load-seconds each, one at a time at a steady pace; event time to
-   classification, p50 and p99;
-5. raw again, so drift on a shared machine shows; each layout's figure is the mean of its
-   two runs.
+3. pipeline, --rounds times: the same texts as unlabelled Myntra listings through a worker
+   on the embedded broker (validate, embed, item table write, classify, produce), working
+   off a backlog, timed from the worker being ready to its last classification (listings
+   classified before it reported ready are not counted); the worker is stopped after each
+   round and the raw encoder measured again (both layouts), so each round has a baseline
+   measured just before and just after it: this machine's speed drifts by 10% and more
+   within a minute, and one pair of figures is at its mercy;
+4. latency: after the last round the same worker gets listings at half and at full the
+   throughput it just showed, --load-seconds each, one at a time at a steady pace; event
+   time to classification, p50 and p99.
 
+A round's ratio is its pipeline rate over the mean of the faster layout's rates before and
+after it; the figures reported are those of the median round, and every round is listed.
 The last line printed is JSON with raw_items_per_s, pipeline_items_per_s and ratio.
 """
 
@@ -31,6 +34,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,21 +96,39 @@ async def bench_batcher(encoder: TransformerEncoder, texts: list[str], batch_siz
     return rate
 
 
-async def bench_pipeline(
-    encoder: TransformerEncoder, n: int, batch_size: int, load_seconds: float = 0.0
-) -> dict[str, Any]:
-    """Throughput of a worker working off a backlog of n unlabelled listings.
+def _reached(counter: Any, n: int) -> Callable[[], bool]:
+    """A condition: the Prometheus counter is at n or more."""
+    return lambda: counter._value.get() >= n
 
-    A first worker learns the labelled examples and stops; the unlabelled listings are then
-    produced with no worker running; a second worker (same app id) recovers the tables and
-    works the backlog. Timed from that worker being ready to its n-th classification (those
-    classified before it was ready not counted), so neither the producer nor a result
-    consumer shares its event loop.
+
+async def bench_rounds(
+    encoder: TransformerEncoder,
+    texts: list[str],
+    n: int,
+    batch_size: int,
+    rounds: int,
+    load_seconds: float = 0.0,
+) -> dict[str, Any]:
+    """Backlog rounds of n unlabelled listings, with the raw encoder measured around each.
+
+    A first worker learns the labelled examples and stops. In each round the unlabelled
+    listings (new item ids) are produced with no worker running, and a worker (same app id)
+    recovers the tables and works the backlog, timed from its being ready to its n-th
+    classification of the round, so neither the producer nor a result consumer shares its
+    event loop; it then stops, and the raw encoder runs alone.
     """
     from workers.app import create_worker
 
+    layouts = raw_layouts(encoder)
+
+    def raw_now() -> dict[str, float]:
+        return {name: bench_raw(encoder, texts, batch_size, s) for name, s in layouts.items()}
+
     split = few_shot_split(load_myntra(), 5, seed=0)
     test = (split.test * (n // max(len(split.test), 1) + 1))[:n]
+    raws = [raw_now()]
+    results: list[dict[str, Any]] = []
+    latency: dict[str, Any] = {}
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as state_dir:
         settings = Settings(
             broker_url=broker.url,
@@ -134,43 +156,43 @@ async def bench_pipeline(
             "the labelled phase",
         )
         await learner.stop()
-        events = []
-        for i, x in enumerate(test):
-            event = listing_event(x, labelled=False)
-            event["item_id"] = event["event_id"] = f"bench-{i}"
-            events.append(event)
-        await produce_events(broker.bootstrap, topic, events, key_field="item_id")
-        worker = create_worker(settings, encoder=encoder)
-        await worker.start()
-        emitted = worker.metrics.classifications.labels("myntra")
-        # the worker may classify a few listings before it reports ready: only those after
-        # count, over the time after
-        t0, before = time.perf_counter(), int(emitted._value.get())
-        await wait_until(lambda: emitted._value.get() >= n, 600, "the backlog")
-        elapsed = time.perf_counter() - t0
-        rate = (n - before) / elapsed
-        stats = worker.batcher.stats  # updated in place: read it before the paced phases
-        mean_batch = stats.items / max(stats.batches, 1)
-        latency = {}
-        if load_seconds > 0:
-            for name, share in (("half_load", 0.5), ("full_load", 1.0)):
-                latency[name] = await paced_latency(
-                    broker.bootstrap,
-                    settings,
-                    worker,
-                    test,
-                    share * rate,
-                    load_seconds,
-                    name,
-                )
-        await worker.stop()
-    return {
-        "pipeline_items_per_s": rate,
-        "classified": int(emitted._value.get()),
-        "classified_before_ready": before,
-        "mean_batch": mean_batch,
-        "latency": latency,
-    }
+        for r in range(rounds):
+            events = []
+            for i, x in enumerate(test):
+                event = listing_event(x, labelled=False)
+                event["item_id"] = event["event_id"] = f"bench-{r}-{i}"
+                events.append(event)
+            await produce_events(broker.bootstrap, topic, events, key_field="item_id")
+            worker = create_worker(settings, encoder=encoder)
+            await worker.start()
+            emitted = worker.metrics.classifications.labels("myntra")
+            # the worker may classify a few listings before it reports ready: only those
+            # after count, over the time after
+            t0, before = time.perf_counter(), int(emitted._value.get())
+            await wait_until(_reached(emitted, n), 600, f"backlog round {r}")
+            elapsed = time.perf_counter() - t0
+            stats = worker.batcher.stats  # updated in place: read it before the paced phases
+            results.append(
+                {
+                    "pipeline_items_per_s": (n - before) / elapsed,
+                    "classified_before_ready": before,
+                    "mean_batch": stats.items / max(stats.batches, 1),
+                }
+            )
+            if r == rounds - 1 and load_seconds > 0:
+                rate = results[-1]["pipeline_items_per_s"]
+                for name, share in (("half_load", 0.5), ("full_load", 1.0)):
+                    latency[name] = await paced_latency(
+                        broker.bootstrap, settings, worker, test, share * rate, load_seconds, name
+                    )
+            await worker.stop()
+            raws.append(raw_now())  # the worker stopped: the encoder alone again
+    for r, result in enumerate(results):
+        around = {name: (raws[r][name] + raws[r + 1][name]) / 2 for name in layouts}
+        best = max(around, key=around.__getitem__)
+        result.update(raw_layout=best, raw_items_per_s=around[best])
+        result["ratio"] = result["pipeline_items_per_s"] / around[best]
+    return {"raws": raws, "rounds": results, "latency": latency}
 
 
 async def paced_latency(
@@ -237,6 +259,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3, help="backlog rounds (median reported)")
     parser.add_argument("--json", action="store_true", help="(the last line is always JSON)")
     parser.add_argument(
         "--load-seconds",
@@ -245,6 +268,8 @@ def main() -> None:
         help="then send at half and at full measured throughput this long each: latency",
     )
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     logging.basicConfig(level=logging.ERROR)
     # the worker's layout (streams=0: auto), as create_worker makes it
     encoder = TransformerEncoder(device=os.environ.get("METAGUIDE_DEVICE", "auto"), streams=0)
@@ -252,39 +277,32 @@ def main() -> None:
     texts = [x.title for x in split.test]
     texts = (texts * (args.n // len(texts) + 1))[: args.n]
     encoder.embed_many(texts[:64])  # warm-up
-    layouts = raw_layouts(encoder)
-    raw_before = {
-        name: bench_raw(encoder, texts, args.batch_size, s) for name, s in layouts.items()
-    }
     batcher = asyncio.run(bench_batcher(encoder, texts, args.batch_size))
-    pipeline = asyncio.run(bench_pipeline(encoder, args.n, args.batch_size, args.load_seconds))
-    raw_after = {name: bench_raw(encoder, texts, args.batch_size, s) for name, s in layouts.items()}
-    by_layout = {name: (raw_before[name] + raw_after[name]) / 2 for name in layouts}
-    best = max(by_layout, key=by_layout.__getitem__)
-    raw = by_layout[best]
+    runs = asyncio.run(
+        bench_rounds(encoder, texts, args.n, args.batch_size, args.rounds, args.load_seconds)
+    )
+    rounds = runs["rounds"]
+    median = sorted(rounds, key=lambda x: x["ratio"])[len(rounds) // 2]
+    raw = median["raw_items_per_s"]
     result = {
         "device": str(encoder.device),
         "n": args.n,
         "batch_size": args.batch_size,
         "encoder_layout": f"{encoder.streams}x{encoder.threads}",
         "raw_by_layout": {
-            name: {
-                "before": round(raw_before[name], 1),
-                "after": round(raw_after[name], 1),
-                "mean": round(by_layout[name], 1),
-            }
-            for name in layouts
+            name: [round(r[name], 1) for r in runs["raws"]] for name in runs["raws"][0]
         },
-        "raw_layout": best,
-        "raw_before_items_per_s": round(raw_before[best], 1),
-        "raw_after_items_per_s": round(raw_after[best], 1),
+        "raw_layout": median["raw_layout"],
         "raw_items_per_s": round(raw, 1),
         "batcher_items_per_s": round(batcher, 1),
-        "batcher_ratio": round(batcher / raw, 3),
-        "pipeline_items_per_s": round(pipeline["pipeline_items_per_s"], 1),
-        "pipeline_mean_batch": round(pipeline["mean_batch"], 1),
-        "ratio": round(pipeline["pipeline_items_per_s"] / raw, 3),
-        "latency": pipeline["latency"],
+        "batcher_ratio": round(batcher / runs["raws"][0][median["raw_layout"]], 3),
+        "pipeline_items_per_s": round(median["pipeline_items_per_s"], 1),
+        "pipeline_mean_batch": round(median["mean_batch"], 1),
+        "ratio": round(median["ratio"], 3),
+        "ratio_by_round": [round(r["ratio"], 3) for r in rounds],
+        "pipeline_by_round": [round(r["pipeline_items_per_s"], 1) for r in rounds],
+        "raw_by_round": [round(r["raw_items_per_s"], 1) for r in rounds],
+        "latency": runs["latency"],
     }
     out = Path(__file__).resolve().parent / "results" / "encoder.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
