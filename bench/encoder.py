@@ -4,7 +4,11 @@
 
 1. raw: the encoder alone, ``embed_many`` over the texts in batches of --batch-size, in two
    layouts: one call at a time on every core, and the worker's layout (on a CPU, one
-   single-threaded call per core side by side); the baseline is the faster of the two;
+   single-threaded call per core side by side); and in two batchings: texts of about the
+   same token count together, by the micro-batcher's own rule (``pick_batch``) over the
+   texts in arrival order, and batches in arrival order. The baseline is the faster
+   layout with the same batching as the micro-batcher's; the ratio against batches in
+   arrival order is reported beside it (the pipeline does less padding than that loop);
 2. batcher: the same texts through the micro-batcher (all callers at once);
 3. pipeline, --rounds times: the same texts as unlabelled Myntra listings through a worker
    on the embedded broker (validate, embed, item table write, classify, produce), working
@@ -42,7 +46,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from metaguide.batching import MicroBatcher  # noqa: E402
+from metaguide.batching import MicroBatcher, pick_batch  # noqa: E402
 from metaguide.broker import EmbeddedBroker, free_port  # noqa: E402
 from metaguide.config import Settings  # noqa: E402
 from metaguide.data import few_shot_split, listing_event, load_myntra  # noqa: E402
@@ -51,15 +55,36 @@ from metaguide.replay import produce_events  # noqa: E402
 from metaguide.waiting import wait_until  # noqa: E402
 
 
-def bench_raw(
-    encoder: TransformerEncoder, texts: list[str], batch_size: int, streams: int = 1
-) -> float:
-    """Items per second of ``embed_many`` alone: ``streams`` calls side by side, each on
-    cores // streams torch threads, in fresh threads (torch fixes a thread's count when the
-    thread first computes)."""
+def arrival_batches(texts: list[str], batch_size: int) -> list[list[str]]:
+    return [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
+
+
+def grouped_batches(
+    encoder: TransformerEncoder, texts: list[str], batch_size: int
+) -> list[list[str]]:
+    """The batches the micro-batcher cuts from a queue that always holds the rest of the
+    texts (a backlog), by its own rule and window."""
+    queue = [(text, encoder.token_count(text)) for text in texts]
+    window = MicroBatcher(encoder.embed_many, max_batch_size=batch_size).window
+    batches = []
+    while queue:
+        picked = pick_batch([n for _, n in queue], batch_size, window)
+        batches.append([queue[i][0] for i in picked])
+        taken = set(picked)
+        queue = [q for i, q in enumerate(queue) if i not in taken]
+    return batches
+
+
+def padded_tokens(encoder: TransformerEncoder, batches: list[list[str]]) -> int:
+    return sum(len(b) * max(encoder.token_count(t) for t in b) for b in batches)
+
+
+def bench_raw(encoder: TransformerEncoder, batches: list[list[str]], streams: int = 1) -> float:
+    """Items per second of ``embed_many`` alone on these batches: ``streams`` calls side by
+    side, each on cores // streams torch threads, in fresh threads (torch fixes a thread's
+    count when the thread first computes)."""
     import torch
 
-    batches = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
     cpu = encoder.device.type == "cpu"
     if cpu:
         torch.set_num_threads(max(1, cpu_cores() // streams))
@@ -72,7 +97,7 @@ def bench_raw(
     finally:
         if cpu:
             torch.set_num_threads(encoder.threads)
-    return len(texts) / elapsed
+    return sum(len(b) for b in batches) / elapsed
 
 
 def raw_layouts(encoder: TransformerEncoder) -> dict[str, int]:
@@ -88,6 +113,7 @@ async def bench_batcher(encoder: TransformerEncoder, texts: list[str], batch_siz
         max_batch_size=batch_size,
         max_latency_s=0.05,
         concurrency=encoder.streams,
+        length=encoder.token_count,
     )
     t0 = time.perf_counter()
     await batcher.embed_many(texts)
@@ -120,9 +146,17 @@ async def bench_rounds(
     from workers.app import create_worker
 
     layouts = raw_layouts(encoder)
+    batchings = {
+        "grouped": grouped_batches(encoder, texts, batch_size),
+        "arrival": arrival_batches(texts, batch_size),
+    }
 
     def raw_now() -> dict[str, float]:
-        return {name: bench_raw(encoder, texts, batch_size, s) for name, s in layouts.items()}
+        return {
+            f"{batching} {name}": bench_raw(encoder, batches, streams)
+            for batching, batches in batchings.items()
+            for name, streams in layouts.items()
+        }
 
     split = few_shot_split(load_myntra(), 5, seed=0)
     test = (split.test * (n // max(len(split.test), 1) + 1))[:n]
@@ -177,6 +211,7 @@ async def bench_rounds(
                     "pipeline_items_per_s": (n - before) / elapsed,
                     "classified_before_ready": before,
                     "mean_batch": stats.items / max(stats.batches, 1),
+                    "padded_tokens_per_text": stats.padded_tokens / max(stats.items, 1),
                 }
             )
             if r == rounds - 1 and load_seconds > 0:
@@ -188,11 +223,19 @@ async def bench_rounds(
             await worker.stop()
             raws.append(raw_now())  # the worker stopped: the encoder alone again
     for r, result in enumerate(results):
-        around = {name: (raws[r][name] + raws[r + 1][name]) / 2 for name in layouts}
-        best = max(around, key=around.__getitem__)
-        result.update(raw_layout=best, raw_items_per_s=around[best])
-        result["ratio"] = result["pipeline_items_per_s"] / around[best]
-    return {"raws": raws, "rounds": results, "latency": latency}
+        around = {name: (raws[r][name] + raws[r + 1][name]) / 2 for name in raws[r]}
+        for batching in batchings:
+            best = max((n for n in around if n.startswith(batching)), key=around.__getitem__)
+            key = "raw" if batching == "grouped" else f"raw_{batching}"
+            result[f"{key}_layout"] = best.split()[1]
+            result[f"{key}_items_per_s"] = around[best]
+        result["ratio"] = result["pipeline_items_per_s"] / result["raw_items_per_s"]
+        result["ratio_arrival"] = result["pipeline_items_per_s"] / result["raw_arrival_items_per_s"]
+    padding = {
+        name: round(padded_tokens(encoder, batches) / len(texts), 2)
+        for name, batches in batchings.items()
+    }
+    return {"raws": raws, "rounds": results, "latency": latency, "padding": padding}
 
 
 async def paced_latency(
@@ -294,11 +337,17 @@ def main() -> None:
         },
         "raw_layout": median["raw_layout"],
         "raw_items_per_s": round(raw, 1),
+        "raw_arrival_items_per_s": round(median["raw_arrival_items_per_s"], 1),
         "batcher_items_per_s": round(batcher, 1),
-        "batcher_ratio": round(batcher / runs["raws"][0][median["raw_layout"]], 3),
+        "batcher_ratio": round(batcher / runs["raws"][0][f"grouped {median['raw_layout']}"], 3),
         "pipeline_items_per_s": round(median["pipeline_items_per_s"], 1),
         "pipeline_mean_batch": round(median["mean_batch"], 1),
         "ratio": round(median["ratio"], 3),
+        "ratio_arrival": round(median["ratio_arrival"], 3),
+        "padded_tokens_per_text": {
+            **runs["padding"],
+            "pipeline": round(median["padded_tokens_per_text"], 2),
+        },
         "ratio_by_round": [round(r["ratio"], 3) for r in rounds],
         "pipeline_by_round": [round(r["pipeline_items_per_s"], 1) for r in rounds],
         "raw_by_round": [round(r["raw_items_per_s"], 1) for r in rounds],

@@ -168,6 +168,12 @@ class TransformerEncoder:
         if self.threads:
             torch.set_num_threads(self.threads)
         self._tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
+        # a second instance for token_count, called on the event loop while model calls
+        # tokenize in their threads: a fast tokenizer is not safe to share between threads
+        self._counter = AutoTokenizer.from_pretrained(path, local_files_only=local)
+        if self._counter.is_fast:  # a text alone: no padding (the bundled one pads to 128)
+            self._counter.backend_tokenizer.no_padding()
+            self._counter.backend_tokenizer.enable_truncation(max_length)
         dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         self._model = AutoModel.from_pretrained(path, local_files_only=local, dtype=dtype)
         self._model.to(self.device).eval()
@@ -209,6 +215,15 @@ class TransformerEncoder:
         finally:
             hf_logging.set_verbosity(verbosity)
         self._pooled, self.traced = traced, True
+
+    def token_count(self, text: str) -> int:
+        """The tokens the model runs for ``text`` alone (special tokens included, truncated
+        at ``max_length``): a micro-batcher groups texts of about the same count."""
+        if self._counter.is_fast:
+            count = len(self._counter.backend_tokenizer.encode(text).ids)
+        else:  # pragma: no cover - the bundled model's tokenizer is a fast one
+            count = len(self._counter(text)["input_ids"])
+        return min(count, self.max_length)
 
     @torch.inference_mode()
     def embed_many(self, texts: list[str]) -> np.ndarray:

@@ -60,6 +60,10 @@ class Embedder(Protocol):
     def embed_many(self, texts: list[str]) -> np.ndarray: ...
 
 
+# an encoder may also say how many tokens a text is (token_count): the micro-batcher then
+# batches texts of about the same length together
+
+
 EMBEDDED_PRODUCER_LINGER_S = 0.005
 FETCH_PACE_INTERVAL_S = 0.1  # how often the embedded profile's fetch wait follows the load
 
@@ -443,6 +447,7 @@ def create_worker(
         max_latency_s=settings.max_latency_s,
         on_batch=metrics.on_batch,
         concurrency=encoder.streams,
+        length=getattr(encoder, "token_count", None),
     )
     worker = Worker(
         settings=settings,
@@ -463,21 +468,32 @@ def create_worker(
     if settings.broker_profile == "embedded":
         _pace_fetches(worker)
     listings_name = settings.topic("listings")
+    consumed = worker.metrics.events_consumed.labels(listings_name)
     in_flight = asyncio.Semaphore(settings.max_in_flight)
+    # Listings are processed side by side and their batches may finish in any order (two
+    # model calls at once, batches grouped by length), so a listing waits for the one of
+    # the same item before it: the table and the classifications keep the topic's order.
+    latest: dict[bytes, asyncio.Task[None]] = {}
 
-    def _finished(task: asyncio.Task[None]) -> None:
+    def _finished(key: bytes, task: asyncio.Task[None]) -> None:
         worker._tasks.discard(task)
         in_flight.release()
+        if latest.get(key) is task:
+            del latest[key]
 
     @app.agent(topics["listings"], name="listings")
     async def listings_agent(stream: StreamT) -> None:
         manual = stream.noack()  # type: ignore[attr-defined]
         async for event in manual.events():
-            worker.metrics.events_consumed.labels(listings_name).inc()
+            consumed.inc()
             await in_flight.acquire()
-            task = asyncio.ensure_future(_process_listing(worker, manual, event))
+            key = event.message.key
+            task = asyncio.ensure_future(
+                _process_listing(worker, manual, event, after=latest.get(key))
+            )
+            latest[key] = task
             worker._tasks.add(task)
-            task.add_done_callback(_finished)
+            task.add_done_callback(functools.partial(_finished, key))
 
     @app.agent(topics["category_updates"], name="category-updates")
     async def category_updates_agent(stream: StreamT) -> None:
@@ -531,8 +547,13 @@ def _pace_fetches(worker: Worker) -> None:
         pacer.tick()
 
 
-async def _process_listing(worker: Worker, stream: StreamT, event: EventT) -> None:
-    """Decode, handle and ack one listing; every failure ends on the dead-letter topic."""
+async def _process_listing(
+    worker: Worker, stream: StreamT, event: EventT, after: asyncio.Task[None] | None = None
+) -> None:
+    """Decode, handle and ack one listing, once ``after`` (the one of the same item before
+    it) is done; every failure ends on the dead-letter topic."""
+    if after is not None:
+        await asyncio.wait([after])
     message = event.message
     try:
         listing = decode_listing(message.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import jsonschema
@@ -290,3 +291,39 @@ async def test_a_ready_worker_fetches_only_the_partitions_its_streams_read(
     await _send(broker, settings, [listing_event(x, labelled=False) for x in split.test])
     out = await read_topic(broker.bootstrap, settings.topic("classifications"), len(split.test))
     assert {r["item_id"] for r in out} == {x.item_id for x in split.test}
+
+
+class _SlowFirstModel:
+    """A stand-in model for one property: texts with "slow" in them take half a second."""
+
+    model_id = "stand-in"
+    dim = 4
+    streams = 2  # two model calls side by side, as the worker runs on two cores
+
+    def embed_many(self, texts: list[str]) -> np.ndarray:
+        if any("slow" in text for text in texts):
+            time.sleep(0.5)
+        rows = [[1.0, 0, 0, 0] if "slow" in text else [0, 1.0, 0, 0] for text in texts]
+        return np.array(rows, dtype=np.float32)
+
+
+async def test_two_listings_of_one_item_are_applied_in_their_topic_order(
+    broker: Any, worker_settings: Any
+) -> None:
+    from workers.app import create_worker
+
+    settings = worker_settings(max_batch_size=1)  # each listing a model call of its own
+    worker = create_worker(settings, encoder=_SlowFirstModel())
+    await worker.start()
+    try:
+        first = {"event_id": "e1", "platform": "myntra", "item_id": "same", "ts": time.time()}
+        first.update(title="a slow first version", category="Watches")
+        second = {**first, "event_id": "e2", "title": "the second one", "category": "Socks"}
+        await _send(broker, settings, [first, second])
+        await wait_until(
+            lambda: sum(worker.prototypes.categories().values()) == 2, 30, "both listings"
+        )
+        # the second listing's model call ended first; it was applied after the first anyway
+        assert worker.items[b"same"]["category"] == "Socks"
+    finally:
+        await worker.stop()

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from metaguide.batching import MicroBatcher, TickBatcher
+from metaguide.batching import MicroBatcher, TickBatcher, pick_batch
 from metaguide.waiting import wait_until
 
 
@@ -165,4 +165,43 @@ async def test_saturated_while_a_full_batch_waits_for_the_model() -> None:
     release.set()
     await asyncio.wait_for(asyncio.gather(first, rest, more), 5)
     assert not batcher.saturated
+    await batcher.close()
+
+
+def test_a_batch_takes_the_oldest_text_and_those_nearest_to_it_in_length() -> None:
+    lengths = [10, 3, 11, 30, 9, 10, 2, 31]
+    assert pick_batch(lengths, 4, window=8) == [0, 2, 4, 5]  # 10 with 11, 9, 10
+    assert pick_batch(lengths, 4, window=4) == [0, 1, 2, 3]  # only the 4 oldest looked at
+    assert pick_batch(lengths[:3], 4, window=8) == [0, 1, 2]  # no more than a batch: all
+    assert pick_batch([5, 7, 3, 7], 2, window=4) == [0, 1]  # a tie: the older one
+
+
+async def test_batches_cut_from_a_backlog_group_texts_of_about_the_same_length() -> None:
+    model = RecordingModel()
+    release, entered = threading.Event(), threading.Event()
+
+    def held(texts: list[str]) -> np.ndarray:
+        entered.set()
+        release.wait(5)
+        return model(texts)
+
+    batcher = MicroBatcher(
+        held,
+        max_batch_size=4,
+        max_latency_s=0.0,
+        length=lambda text: len(text.split("-")[0]),
+    )
+    first = asyncio.ensure_future(batcher.embed_one("x-0"))  # holds the model
+    await wait_until(entered.is_set, 1, "the first batch in the model")
+    texts = [f"{'a' * size}-{i}" for i, size in enumerate([5, 1, 1, 5, 9, 5, 1, 9, 5], 1)]
+    rest = asyncio.gather(*(batcher.embed_one(t) for t in texts))
+    await wait_until(lambda: batcher.queued == len(texts), 1, "the backlog queued")
+    release.set()
+    vectors = await asyncio.wait_for(rest, 5)
+    await first
+    assert [float(v[0]) for v in vectors] == list(range(1, 10))  # each its own vector
+    batches = [[t.split("-")[0] for t in texts] for _, texts in model.calls[1:]]
+    assert batches == [["a" * 5] * 4, ["a", "a", "a" * 9, "a"], ["a" * 9]]  # arrival order
+    assert batcher.stats.tokens == 1 + sum(len(t.split("-")[0]) for t in texts)
+    assert batcher.stats.padded_tokens == 1 + 4 * 5 + 4 * 9 + 9
     await batcher.close()
