@@ -175,6 +175,9 @@ class Worker:
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
+        self._items_changelog = self.items.changelog_topic.get_topic_name()
+        self._classifications = self.topics["classifications"].get_topic_name()
+        self._metric_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         # the listings of one micro-batch are classified together, by platform and snapshot
         # (keyed by the snapshot's identity: the requests hold it, so it stays alive)
         self._classifier: TickBatcher[tuple[str, int], list[tuple[str, float]]]
@@ -193,8 +196,10 @@ class Worker:
         snapshot = self.snapshot
         return BASE_MODEL_VERSION if snapshot is None else snapshot.version
 
-    async def produce(self, topic: str, key: bytes, value: bytes) -> None:
-        """Send one record to one of the worker's topics straight through aiokafka's producer.
+    async def produce(
+        self, topic: str, key: bytes, value: bytes, partition: int | None = None
+    ) -> None:
+        """Send one record to a topic (a name) straight through aiokafka's producer.
 
         Faust's ``Topic.send`` wraps each record in its own future, sensors and callbacks on
         the event loop, which the listing path paid once per classification. Delivery is as
@@ -202,7 +207,32 @@ class Worker:
         input offset is committed only after the records sent for it were delivered.
         """
         producer = self.app.producer._ensure_producer()  # type: ignore[attr-defined]
-        await producer.send(self.topics[topic].get_topic_name(), value=value, key=key)
+        await producer.send(topic, value=value, key=key, partition=partition)
+
+    async def write_item(self, key: bytes, item: dict[str, Any], partition: int) -> None:
+        """Set an item in the items table and changelog it in ``partition``, the listing's.
+
+        What Faust's ``table[key] = item`` does (the store, then the changelog record in
+        the current event's partition, JSON as the table's codec writes it), with the
+        record sent by :meth:`produce`: Faust's way queues it in a buffer of its own and
+        sends it through ``Topic.send``, which cost the listing path twice as much event
+        loop as the send itself.
+        """
+        self.items.data[key] = item
+        await self.produce(self._items_changelog, key, encode_json(item), partition)
+
+    def _listing_metrics(self, platform: str, topic: str) -> tuple[Any, Any]:
+        """The classification counter of a platform and the latency histogram of a topic
+        (their labelled children, looked up once: a lookup costs as much as the update)."""
+        key = (platform, topic)
+        children = self._metric_children.get(key)
+        if children is None:
+            children = (
+                self.metrics.classifications.labels(platform),
+                self.metrics.event_latency.labels(topic),
+            )
+            self._metric_children[key] = children
+        return children
 
     async def dead_letter(self, message: Any, reason: str, detail: str) -> None:
         """Send an event that cannot be processed to the dead-letter topic, with its reason."""
@@ -235,15 +265,14 @@ class Worker:
         except Exception as exc:  # the encoder failed for this batch: this event is not lost
             await self.dead_letter(message, "encoder_error", f"{type(exc).__name__}: {exc}")
             return
-        # the changelog partition comes from the current event (a context variable copied into
-        # this task when the agent created it): the listing's partition, as the key is the same
+        # the items table is partitioned like the listings topic (same key, same partitions)
         item = {
             "platform": listing.platform,
             "category": listing.category,
             "emb": vector_to_b64(vector),
             "ts": listing.ts,
         }
-        self.items[listing.item_id.encode()] = item
+        await self.write_item(listing.item_id.encode(), item, message.partition)
         if self.clicks is not None:
             # every worker's recommendation candidates, and the clicks that waited for it
             self.clicks.catalog[listing.item_id.encode()] = item
@@ -266,9 +295,10 @@ class Worker:
         version = BASE_MODEL_VERSION if snapshot is None else snapshot.version
         top_k = await self._classifier.submit((listing.platform, id(snapshot)), (vector, snapshot))
         record = classification_record(listing, top_k, version)
-        await self.produce("classifications", listing.item_id.encode(), encode_json(record))
-        self.metrics.classifications.labels(listing.platform).inc()
-        self.metrics.event_latency.labels(message.topic).observe(max(0.0, time.time() - listing.ts))
+        await self.produce(self._classifications, listing.item_id.encode(), encode_json(record))
+        emitted, latency = self._listing_metrics(listing.platform, message.topic)
+        emitted.inc()
+        latency.observe(max(0.0, time.time() - listing.ts))
 
     def apply_category_update(self, raw: bytes) -> None:
         """Fold one labelled embedding into its prototype (idempotent by event id)."""
