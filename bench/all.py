@@ -30,10 +30,11 @@ def steps(quick: bool) -> list[tuple[str, list[str]]]:
     few = ["--episodes", "1", "--shots", "1", "5"] if quick else []
     clicks = ["--clicks", "5000", "--requests", "100"] if quick else []
     scale = ["--max-users", "10000", "--max-items", "10000"] if quick else []
+    encoder = ["--n", "600", "--rounds", "1", "--load-seconds", "2"] if quick else []
     return [
         ("fewshot_compare", [str(BENCH), "bench/fewshot_compare.py", *few]),
         ("recommend", [str(MAIN), "-m", "metaguide.cli", "eval", "recommend", "--json"]),
-        ("encoder", [str(MAIN), "bench/encoder.py", "--json"]),
+        ("encoder", [str(MAIN), "bench/encoder.py", "--json", *encoder]),
         ("clicks", [str(MAIN), "bench/clicks.py", *clicks]),
         ("adaptation", [str(MAIN), "bench/adaptation.py"]),
         ("scale", [str(BENCH), "bench/scale.py", *scale]),

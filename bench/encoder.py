@@ -1,6 +1,6 @@
 """Listing-path throughput against the raw encoder, measured in one run on the same texts.
 
-    python bench/encoder.py [--n 3000] [--batch-size 32] [--rounds 3] [--json]
+    python bench/encoder.py [--n 3000] [--batch-size 32] [--rounds 5] [--json]
 
 1. raw: the encoder alone, ``embed_many`` over the texts in batches of --batch-size, in two
    layouts: one call at a time on every core, and the worker's layout (on a CPU, one
@@ -302,7 +302,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=3, help="backlog rounds (median reported)")
+    parser.add_argument("--rounds", type=int, default=5, help="backlog rounds (median reported)")
     parser.add_argument("--json", action="store_true", help="(the last line is always JSON)")
     parser.add_argument(
         "--load-seconds",

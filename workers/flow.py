@@ -1,6 +1,6 @@
 """How events flow from the broker into the agents: four corrections to Faust, two ways
-Faust spent event-loop turns per event that it did not need to, and partitions it fetched
-without reading them.
+Faust spent event-loop turns per event that it did not need to, partitions it fetched
+without reading them, and (embedded broker) a fetch wait that follows the load.
 
 1. Fetch wait. Kafka answers a fetch as soon as there is data; the embedded broker (Tansu)
    holds it for the whole ``fetch_max_wait_ms``: measured, a record was received 0.72 s after
