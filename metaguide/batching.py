@@ -12,7 +12,7 @@ Given a ``length`` (a text's token count), a batch cut from a queue longer than 
 takes texts of about the same length together (:func:`pick_batch`): the model pads every
 text of a batch to the longest one, so batches in arrival order spend much of their work
 on padding (Myntra titles, batches of 32: 34,720 tokens for 21,337 real ones; grouped
-within a window of 256, 22,944, and the encoder embeds 35-40% more titles per second).
+within a window of 256, 22,944, and the encoder embeds 40-50% more titles per second).
 The oldest text is in every batch cut, so the queue still moves in arrival order, and
 nothing is reordered while the queue holds no more than a batch.
 """

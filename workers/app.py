@@ -51,17 +51,14 @@ log = logging.getLogger("metaguide.worker")
 
 
 class Embedder(Protocol):
-    """What the worker needs of an encoder."""
+    """What the worker needs of an encoder. One that also has ``token_count(text)`` gets
+    its texts batched with others of about the same length (less padding)."""
 
     model_id: str
     dim: int
     streams: int  # calls that may run at once, each in its own thread
 
     def embed_many(self, texts: list[str]) -> np.ndarray: ...
-
-
-# an encoder may also say how many tokens a text is (token_count): the micro-batcher then
-# batches texts of about the same length together
 
 
 EMBEDDED_PRODUCER_LINGER_S = 0.005
