@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,15 @@ async def send_labelled(broker: Any, settings: Settings, max_test: int) -> Any:
     return split
 
 
+def ready(web_port: int) -> bool:
+    """The worker's /readyz answers 200 (partitions assigned, tables recovered)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/readyz", timeout=2) as resp:
+            return bool(resp.status == 200)
+    except OSError:  # not up yet, or 503 (HTTPError is an OSError)
+        return False
+
+
 def serving(port: int) -> set[str]:
     return {
         k.split('version="')[1].rstrip('"}')
@@ -68,7 +78,7 @@ def serving(port: int) -> set[str]:
 async def test_every_worker_swaps_to_a_published_snapshot_and_refuses_a_tampered_one(
     broker: Any, two_workers: Any, tmp_path: Path
 ) -> None:
-    env, ports, _ = two_workers
+    env, ports, web_ports = two_workers
     prefix = env["METAGUIDE_TOPIC_PREFIX"]
     settings = Settings(
         broker_url=broker.url,
@@ -78,6 +88,9 @@ async def test_every_worker_swaps_to_a_published_snapshot_and_refuses_a_tampered
     )
     await wait_until(lambda: all(scrape(p) for p in ports), 90, "both workers serving metrics")
     assert all(serving(p) == {"base"} for p in ports)
+    # both in the group with partitions of their own before any listing: the labelled ones
+    # are then not handed from one worker to the other half-way
+    await wait_until(lambda: all(ready(p) for p in web_ports), 90, "both workers ready")
 
     split = await send_labelled(broker, settings, max_test=6)
     await wait_until(
@@ -87,15 +100,17 @@ async def test_every_worker_swaps_to_a_published_snapshot_and_refuses_a_tampered
         120,
         "both workers to see every prototype",
     )
+
     # and every labelled example folded in (by the owner of its category's partition)
-    await wait_until(
-        lambda: (
-            sum(scrape(p).get("metaguide_prototype_updates_total", 0) for p in ports)
-            == len(split.labelled)
-        ),
-        60,
-        "every labelled example folded into its prototype",
-    )
+    def folded() -> list[float]:
+        return [scrape(p).get("metaguide_prototype_updates_total", 0) for p in ports]
+
+    try:
+        await wait_until(lambda: sum(folded()) == len(split.labelled), 60, "all folded in")
+    except TimeoutError as exc:
+        raise AssertionError(
+            f"labelled examples folded in by each worker: {folded()}, of {len(split.labelled)} sent"
+        ) from exc
 
     # the trainer's input is what the workers published: one row per labelled title
     data = await read_labelled(settings)
