@@ -153,6 +153,17 @@ async def test_tables_are_recovered_after_a_restart(
     # recovered from the changelogs, not recomputed: the restarted worker read no listing again
     consumed = again.metrics.events_consumed.labels(settings.topic("listings"))._value.get()
     assert consumed == 0
+    # and once recovered it no longer fetches its active tables' changelogs, nor the
+    # assignor's leader topic (workers/flow.py, 7); global tables and streams it still does
+    fetcher = again.app.consumer._thread._consumer  # aiokafka's consumer, in Faust's thread
+    app_id = settings.app_id
+    tables = ("items", "category-sums", "users", "summaries")
+    unread = {f"{app_id}-{name}-changelog" for name in tables} | {f"{app_id}-__assignor-__leader"}
+    paused = {tp for tp in fetcher.assignment() if tp.topic in unread}
+    assert len(paused) == len(tables) * settings.partitions + 1
+    await wait_until(lambda: fetcher.paused() == paused, 10, "unread partitions paused")
+    fetched = {tp.topic for tp in fetcher.assignment() - fetcher.paused()}
+    assert {settings.topic("listings"), f"{app_id}-category-prototypes-changelog"} <= fetched
 
 
 def _committed(worker: Any) -> dict[int, int]:
@@ -266,31 +277,6 @@ async def _fetch_waits(worker: Any) -> None:
         fetcher = worker.app.consumer._thread._consumer._fetcher
         _seen_waits.add(fetcher._fetch_max_wait_ms)
         await asyncio.sleep(0.01)  # sampling period, not a wait for a condition
-
-
-async def test_a_ready_worker_fetches_only_the_partitions_its_streams_read(
-    broker: Any, worker_settings: Any, start_worker: Any
-) -> None:
-    split = _split(KNOWN[:2], test_per_category=2)
-    settings, worker = await _learned(broker, worker_settings, start_worker, split)
-    await worker.stop()
-    # restarted: the active tables' changelogs are read for recovery, then no more
-    again = await start_worker(settings)
-    fetcher = again.app.consumer._thread._consumer  # aiokafka's consumer, in Faust's thread
-    app_id = settings.app_id
-    active = {f"{app_id}-{name}-changelog" for name in ("items", "category-sums", "users")}
-    active.add(f"{app_id}-summaries-changelog")
-    leader = f"{app_id}-__assignor-__leader"
-    unread = {tp for tp in fetcher.assignment() if tp.topic in active | {leader}}
-    assert len(unread) == 4 * settings.partitions + 1
-    await wait_until(lambda: fetcher.paused() == unread, 10, "unread partitions paused")
-    # the global tables' changelogs and every stream's topic are still fetched
-    fetched = {tp.topic for tp in fetcher.assignment() - fetcher.paused()}
-    assert {settings.topic("listings"), f"{app_id}-category-prototypes-changelog"} <= fetched
-    assert len(again.items) == len(split.labelled)  # recovered before the pause
-    await _send(broker, settings, [listing_event(x, labelled=False) for x in split.test])
-    out = await read_topic(broker.bootstrap, settings.topic("classifications"), len(split.test))
-    assert {r["item_id"] for r in out} == {x.item_id for x in split.test}
 
 
 class _SlowFirstModel:
