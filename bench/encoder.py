@@ -5,7 +5,7 @@
 1. raw: the encoder alone, ``embed_many`` over the texts in batches of --batch-size, in two
    layouts: one call at a time on every core, and the worker's layout (on a CPU, one
    single-threaded call per core side by side); and in two batchings: texts of about the
-   same token count together, by the micro-batcher's own rule (``pick_batch``) over the
+   same token count together, as the micro-batcher itself cuts them from a backlog of the
    texts in arrival order, and batches in arrival order. The baseline is the faster
    layout with the same batching as the micro-batcher's; the ratio against batches in
    arrival order is reported beside it (the pipeline does less padding than that loop);
@@ -46,7 +46,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from metaguide.batching import MicroBatcher, pick_batch  # noqa: E402
+from metaguide.batching import MicroBatcher  # noqa: E402
 from metaguide.broker import EmbeddedBroker, free_port  # noqa: E402
 from metaguide.config import Settings  # noqa: E402
 from metaguide.data import few_shot_split, listing_event, load_myntra  # noqa: E402
@@ -59,19 +59,22 @@ def arrival_batches(texts: list[str], batch_size: int) -> list[list[str]]:
     return [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
 
 
-def grouped_batches(
+async def grouped_batches(
     encoder: TransformerEncoder, texts: list[str], batch_size: int
 ) -> list[list[str]]:
-    """The batches the micro-batcher cuts from a queue that always holds the rest of the
-    texts (a backlog), by its own rule and window."""
-    queue = [(text, encoder.token_count(text)) for text in texts]
-    window = MicroBatcher(encoder.embed_many, max_batch_size=batch_size).window
-    batches = []
-    while queue:
-        picked = pick_batch([n for _, n in queue], batch_size, window)
-        batches.append([queue[i][0] for i in picked])
-        taken = set(picked)
-        queue = [q for i, q in enumerate(queue) if i not in taken]
+    """The batches the micro-batcher itself cuts from a backlog of these texts (all queued
+    at once), recorded by a stand-in model: its rule, its window, its token counts."""
+    batches: list[list[str]] = []
+
+    def record(batch: list[str]) -> np.ndarray:
+        batches.append(batch)
+        return np.zeros((len(batch), 1), dtype=np.float32)
+
+    batcher = MicroBatcher(
+        record, max_batch_size=batch_size, max_latency_s=0.0, length=encoder.token_count
+    )
+    await batcher.embed_many(texts)
+    await batcher.close()
     return batches
 
 
@@ -147,7 +150,7 @@ async def bench_rounds(
 
     layouts = raw_layouts(encoder)
     batchings = {
-        "grouped": grouped_batches(encoder, texts, batch_size),
+        "grouped": await grouped_batches(encoder, texts, batch_size),
         "arrival": arrival_batches(texts, batch_size),
     }
 

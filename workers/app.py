@@ -565,7 +565,7 @@ def _pace_fetches(worker: Worker) -> None:
         lambda: worker.batcher.saturated,
         [
             lambda: _fetcher(app.consumer._thread._consumer),  # type: ignore[attr-defined]
-            lambda: _fetcher(clicks.router.live if clicks and clicks.router else None),
+            lambda: _fetcher(clicks.router_consumer if clicks else None),
         ],
     )
 

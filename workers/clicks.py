@@ -138,6 +138,12 @@ class ClickPath:
     waiting: dict[str, list[_Waiting]] = field(default_factory=lambda: defaultdict(list))
     catalog_refresh_s: float = 1.0
     router: ClickRouter | None = None
+
+    @property
+    def router_consumer(self) -> Any:
+        """The click router's running aiokafka consumer; None when it is not running."""
+        return self.router.live if self.router is not None else None
+
     # in memory, by partition then platform: item -> (popularity, as of) in item partitions,
     # item -> (purchases, repeats) in user partitions; rebuilt from ``summaries`` when needed
     _popularity: dict[int, dict[str, dict[str, tuple[float, float]]]] = field(default_factory=dict)

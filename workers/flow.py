@@ -165,16 +165,15 @@ class FetchPacer:
         self.sources = sources
         self.idle_ms = idle_ms
         self.busy_ms = busy_ms
-        self.wait_ms = idle_ms
 
     def tick(self) -> int:
         """Set every started fetcher's wait for the load now; return that wait."""
-        self.wait_ms = self.busy_ms if self.saturated() else self.idle_ms
+        wait_ms = self.busy_ms if self.saturated() else self.idle_ms
         for source in self.sources:
             fetcher = source()
             if fetcher is not None:
-                fetcher._fetch_max_wait_ms = self.wait_ms
-        return self.wait_ms
+                fetcher._fetch_max_wait_ms = wait_ms
+        return wait_ms
 
 
 class KeepingFlowControl(FlowControlEvent):

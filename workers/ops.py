@@ -90,7 +90,7 @@ def register_ops(worker: Worker) -> None:
                 await state["offsets"].start()
             inputs = [tp for tp in app.consumer.assignment() if not tp.topic.endswith("-changelog")]
             lags = await lag_of(state["offsets"], inputs)
-            router = worker.clicks.router.live if worker.clicks and worker.clicks.router else None
+            router = worker.clicks.router_consumer if worker.clicks else None
             if router is not None:
                 lags.update(await lag_of(router, sorted(router.assignment())))
         except Exception as exc:  # a rebalance or a broker hiccup: try again next time

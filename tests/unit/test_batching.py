@@ -157,10 +157,10 @@ async def test_saturated_while_a_full_batch_waits_for_the_model() -> None:
     await wait_until(entered.is_set, 1, "the first batch in the model")
     assert not batcher.saturated
     rest = asyncio.gather(*(batcher.embed_one(f"t-{i}") for i in range(4, 7)))
-    await asyncio.sleep(0)
+    await wait_until(lambda: batcher.queued == 3, 1, "three texts queued")
     assert not batcher.saturated  # three waiting: less than a batch
     more = asyncio.ensure_future(batcher.embed_one("t-7"))
-    await asyncio.sleep(0)
+    await wait_until(lambda: batcher.queued == 4, 1, "a fourth text queued")
     assert batcher.saturated  # a full batch waits and the only stream is busy
     release.set()
     await asyncio.wait_for(asyncio.gather(first, rest, more), 5)
