@@ -151,6 +151,17 @@ class Settings:
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
 
+    def to_env(self) -> dict[str, str]:
+        """The ``METAGUIDE_<FIELD>`` variables that :meth:`from_env` reads back to these
+        settings (secrets in the clear: for a pipe to a child process, never for a log)."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f"METAGUIDE_{f.name.upper()}"] = (
+                value.get() if isinstance(value, Secret) else str(value)
+            )
+        return out
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read ``METAGUIDE_<FIELD>`` variables; explicit overrides win."""

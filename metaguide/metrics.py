@@ -102,6 +102,11 @@ class Metrics:
             ["action"],
             registry=r,
         )
+        self.router_restarts = Counter(
+            "metaguide_click_router_restarts_total",
+            "Times the click router process exited on its own and was started again.",
+            registry=r,
+        )
         self.clicks_joined = Counter(
             "metaguide_clicks_joined_total",
             "Clicks joined with their item's embedding and sent to the user's owner.",
@@ -199,9 +204,9 @@ class Metrics:
         self.batch_fill_seconds.observe(fill_s)
         self.encoder_seconds.observe(model_s)
 
-    def dead_letter(self, topic: str, reason: str) -> None:
-        self.events_failed.labels(topic).inc()
-        self.dead_letters.labels(topic, reason).inc()
+    def dead_letter(self, topic: str, reason: str, n: int = 1) -> None:
+        self.events_failed.labels(topic).inc(n)
+        self.dead_letters.labels(topic, reason).inc(n)
 
     def exposition(self) -> bytes:
         """The text exposition format, as a scrape sees it."""

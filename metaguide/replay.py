@@ -13,6 +13,7 @@ __all__ = [
     "follow_topic",
     "group_less_consumer",
     "kafka_client_options",
+    "lag_of",
     "produce_events",
     "read_to_end",
 ]
@@ -136,6 +137,18 @@ async def follow_topic(
                     behind.discard(tp)
     finally:
         await consumer.stop()
+
+
+async def lag_of(consumer: Any, tps: list[Any]) -> dict[Any, int]:
+    """End offset minus committed offset (0 when nothing was committed and nothing written)."""
+    if not tps:
+        return {}
+    ends = await consumer.end_offsets(tps)
+    out = {}
+    for tp in tps:
+        committed = await consumer.committed(tp)
+        out[tp] = max(0, ends[tp] - (committed or 0))
+    return out
 
 
 def group_less_consumer(bootstrap: str, **client_options: Any) -> Any:

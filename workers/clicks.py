@@ -1,9 +1,10 @@
 """The click path and the recommendation API of a worker.
 
 clicks (keyed by user_id)
-  -> click router (:class:`ClickRouter`, a plain aiokafka consumer: the hop is stateless):
-     decode + validate (bad -> dead letters), batched reads; clicks are packed per item
-     partition and sent to ``clicks-by-item`` (one message per partition per batch)
+  -> click router (workers/router.py, stateless, in a process of its own: a plain aiokafka
+     consumer and producer): decode + validate (bad -> dead letters), batched reads; clicks
+     are packed per item partition and sent to ``clicks-by-item`` (one message per
+     partition per batch)
   -> join agent, in the item's partition: looks the item's base embedding up in the item
      table, updates the items' decayed popularity, packs (user, embedding, action) per user
      partition and sends them to ``user-updates``;
@@ -31,17 +32,16 @@ partition's summaries, published by its owner).
 
 from __future__ import annotations
 
-import functools
 import heapq
 import logging
 import time
-from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from aiokafka.partitioner import murmur2
+from aiokafka import TopicPartition
 from faust.types import EventT, StreamT
 
 from metaguide.errors import SchemaViolation
@@ -50,7 +50,6 @@ from metaguide.events import (
     check_platform,
     check_user_id,
     dead_letter_record,
-    decode_click,
     decode_json,
     decode_recommendation_request,
     encode_json,
@@ -70,6 +69,21 @@ from metaguide.users import UserProfile, user_key
 from workers.batches import EventBatches
 from workers.catalog import follow_items
 from workers.flow import EMBEDDED_FETCH_MAX_WAIT_MS
+from workers.router import (
+    ACTION,
+    EVENT_ID,
+    ITEM_ID,
+    PACK_KEY,
+    PLATFORM,
+    RAW,
+    SRC_OFFSET,
+    SRC_PARTITION,
+    TS,
+    USER_ID,
+    RouterProcess,
+    chunks,
+    key_partition,
+)
 
 if TYPE_CHECKING:
     from workers.app import Worker
@@ -78,23 +92,10 @@ __all__ = ["ClickPath", "key_partition"]
 
 log = logging.getLogger("metaguide.clicks")
 
-PACK_KEY = b"pack"
-# rows of a clicks-by-item pack
-EVENT_ID, PLATFORM, USER_ID, ITEM_ID, ACTION, TS, SRC_PARTITION, SRC_OFFSET, RAW = range(9)
-# rows of a user-updates pack: the first six as above; the pack carries each item's fp16
-# embedding once, in "embs"
-PACK_MAX_ROWS = 500  # with every item's 384-d fp16 embedding: at most about 0.6 MB of JSON
+# rows of a user-updates pack: the first six of a clicks-by-item pack's (workers/router.py);
+# the pack carries each item's fp16 embedding once, in "embs"
 VECTOR_CACHE_SIZE = 10_000  # decoded item embeddings the user agent keeps: about 25 MB
 SUMMARY_MAX_ITEMS = 5000  # per platform and partition: the most popular / most purchased
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def key_partition(key: bytes, partitions: int) -> int:
-    """Kafka's default partitioner (Java client and aiokafka): murmur2 of the key bytes.
-
-    Cached: aiokafka's murmur2 is pure Python (about 5 us a key), and the click path asks
-    twice per click, mostly for the same users and items."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 @dataclass
@@ -137,12 +138,7 @@ class ClickPath:
     platform_summaries: Any  # global: every partition's summaries, for scoring
     waiting: dict[str, list[_Waiting]] = field(default_factory=lambda: defaultdict(list))
     catalog_refresh_s: float = 1.0
-    router: ClickRouter | None = None
-
-    @property
-    def router_consumer(self) -> Any:
-        """The click router's running aiokafka consumer; None when it is not running."""
-        return self.router.live if self.router is not None else None
+    router: RouterProcess | None = None
 
     # in memory, by partition then platform: item -> (popularity, as of) in item partitions,
     # item -> (purchases, repeats) in user partitions; rebuilt from ``summaries`` when needed
@@ -161,45 +157,24 @@ class ClickPath:
     def partitions(self) -> int:
         return self.worker.settings.partitions
 
-    # -- click agent -------------------------------------------------------------------------
+    # -- click router ------------------------------------------------------------------------
 
-    async def route_clicks(self, messages: list[Any]) -> None:
-        """Validate a batch of clicks and send them, packed, to their items' partitions;
-        returns once every pack is delivered (the caller then commits the offsets)."""
-        packs: dict[int, list[list[Any]]] = defaultdict(list)
-        actions: Counter[str] = Counter()
-        for message in messages:
-            try:
-                click = decode_click(message.value)
-                check_key(message.key, click.user_id, "user_id")
-            except SchemaViolation as exc:
-                await self.worker.dead_letter(message, exc.reason, exc.detail)
-                continue
-            actions[click.action] += 1
-            row = [
-                click.event_id,
-                click.platform,
-                click.user_id,
-                click.item_id,
-                click.action,
-                click.ts,
-                message.partition,
-                message.offset,
-                message.value.decode("utf-8"),  # not None: decode_click rejects that
-            ]
-            packs[key_partition(click.item_id.encode(), self.partitions)].append(row)
-        sent = []
-        for partition, rows in packs.items():
-            sent += await self._send_packs(
-                "clicks_by_item", partition, ({"clicks": chunk} for chunk in _chunks(rows))
-            )
-        for delivery in sent:
-            await delivery
-        for action, n in actions.items():
-            self.worker.metrics.clicks.labels(action).inc(n)
-        self.worker.metrics.events_consumed.labels(self.topics["clicks"].get_topic_name()).inc(
-            len(messages)
-        )
+    def router_report(self, report: dict[str, Any]) -> None:
+        """Count what the router process says it delivered (workers/router.py)."""
+        metrics = self.worker.metrics
+        topic = self.topics["clicks"].get_topic_name()
+        metrics.events_consumed.labels(topic).inc(report["consumed"])
+        for action, n in report["actions"].items():
+            metrics.clicks.labels(action).inc(n)
+        for reason, n in report["dead_letters"].items():
+            metrics.dead_letter(topic, reason, n)
+
+    def router_lag(self) -> dict[TopicPartition, int]:
+        """The click router's lag by partition of the clicks topic, as it last reported it."""
+        if self.router is None:
+            return {}
+        topic = self.topics["clicks"].get_topic_name()
+        return {TopicPartition(topic, p): n for p, n in self.router.lag.items()}
 
     # -- join agent --------------------------------------------------------------------------
 
@@ -316,7 +291,7 @@ class ClickPath:
                 user_partition,
                 (
                     {"updates": chunk, "embs": {r[ITEM_ID]: embeddings[r[ITEM_ID]] for r in chunk}}
-                    for chunk in _chunks(rows)
+                    for chunk in chunks(rows)
                 ),
             )
         self.worker.metrics.clicks_joined.inc(joined)
@@ -596,86 +571,6 @@ class ClickPath:
         )
 
 
-class ClickRouter:
-    """The first, stateless hop: clicks (keyed by user) to packs by item partition.
-
-    It reads with a plain aiokafka consumer in its own consumer group
-    (``<app_id>-click-router``), a batch of up to ``click_batch_size`` at a time, and commits
-    a batch's offsets only once its packs are delivered (at least once; the user agent
-    drops redelivered clicks by event id). Faust's stream machinery costs about 300 us of
-    CPU per event here (measured: 2,500 clicks/s with the worker's core saturated), which
-    a stateless hop that needs no table does not have to pay; the stateful hops downstream
-    read packs, a few per batch, so Faust's per-event cost is spread over hundreds of clicks.
-    """
-
-    def __init__(self, path: ClickPath) -> None:
-        self.path = path
-        self.settings = path.worker.settings
-        self.live: Any = None  # the running consumer (for lag), None when stopped
-
-    def consumer(self) -> Any:
-        from aiokafka import AIOKafkaConsumer
-
-        from metaguide.replay import kafka_client_options
-
-        settings = self.settings
-        options: dict[str, Any] = {}
-        if settings.broker_profile == "embedded":
-            # Tansu holds a JoinGroup for about half the session timeout, and every fetch
-            # for the whole fetch wait (workers/flow.py)
-            options.update(
-                session_timeout_ms=6000,
-                heartbeat_interval_ms=500,
-                fetch_max_wait_ms=EMBEDDED_FETCH_MAX_WAIT_MS,
-            )
-        return AIOKafkaConsumer(
-            settings.topic("clicks"),
-            bootstrap_servers=settings.broker_url.removeprefix("kafka://").replace(";", ","),
-            group_id=f"{settings.app_id}-click-router",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=settings.click_batch_size,
-            **kafka_client_options(settings),
-            **options,
-        )
-
-    async def run(self) -> None:
-        await self.path.topics["clicks"].maybe_declare()
-        consumer = self.consumer()
-        await consumer.start()
-        self.live = consumer
-        timeout_ms = max(1, int(self.settings.click_batch_latency_s * 1000))
-        try:
-            while True:
-                batches = await consumer.getmany(
-                    timeout_ms=timeout_ms, max_records=self.settings.click_batch_size
-                )
-                records = [r for rs in batches.values() for r in rs]
-                if not records:
-                    continue
-                try:
-                    await self.path.route_clicks(records)
-                except Exception:
-                    # not committed: the batch is read again after a seek back
-                    log.exception("routing %d clicks failed; reading them again", len(records))
-                    for tp, rs in batches.items():
-                        consumer.seek(tp, rs[0].offset)
-                    continue
-                try:
-                    await consumer.commit({tp: rs[-1].offset + 1 for tp, rs in batches.items()})
-                except Exception as exc:  # a rebalance: the new owner reads them again
-                    log.warning("commit of routed clicks failed (%r); they may be redelivered", exc)
-        finally:
-            self.live = None
-            await consumer.stop()
-
-
-def _chunks(rows: list[list[Any]]) -> Iterator[list[list[Any]]]:
-    """At most PACK_MAX_ROWS rows per pack, so a pack stays under Kafka's 1 MB."""
-    for start in range(0, len(rows), PACK_MAX_ROWS):
-        yield rows[start : start + PACK_MAX_ROWS]
-
-
 def write_in_partition(table: Any, partition: int, key: bytes, value: Any) -> None:
     """Set a table key and changelog it in ``partition``.
 
@@ -684,6 +579,32 @@ def write_in_partition(table: Any, partition: int, key: bytes, value: Any) -> No
     """
     table.data[key] = value
     table.send_changelog(partition, key, value)
+
+
+def router_process(worker: Worker, path: ClickPath) -> RouterProcess:
+    """The click router of a worker: its process reads and sends as this worker's Faust
+    consumer and producer do (the embedded broker's timeouts and fetch wait, the producer's
+    acks and linger)."""
+    settings = worker.settings
+    conf = worker.app.conf
+    consumer: dict[str, Any] = {}
+    if settings.broker_profile == "embedded":
+        # Tansu holds a JoinGroup for about half the session timeout, and every fetch for
+        # the whole fetch wait (workers/flow.py)
+        consumer.update(
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=500,
+            fetch_max_wait_ms=EMBEDDED_FETCH_MAX_WAIT_MS,
+        )
+    producer = {
+        "acks": conf.producer_acks if conf.producer_acks != -1 else "all",
+        "linger_ms": int(conf.producer_linger * 1000),
+        "max_request_size": conf.producer_max_request_size,
+        "compression_type": conf.producer_compression_type,
+    }
+    return RouterProcess(
+        settings, consumer, producer, path.router_report, worker.metrics.router_restarts.inc
+    )
 
 
 def recommend_config(settings: Any) -> RecommendConfig:
@@ -756,7 +677,9 @@ def register_click_path(worker: Worker, raw_topic: Callable[..., Any]) -> ClickP
 
     @app.task
     async def click_router() -> None:
-        path.router = ClickRouter(path)
+        for name in ("clicks", "clicks_by_item", "dead_letters"):
+            await topics[name].maybe_declare()  # before the router process sends or reads
+        path.router = router_process(worker, path)
         await path.router.run()
 
     app.agent(topics["clicks_by_item"], name="click-join")(batched(path.join_packs))

@@ -94,6 +94,7 @@ __all__ = [
     "KeepingFlowControl",
     "SeekClearingConsumer",
     "fetch_only_read",
+    "set_fetch_wait",
     "true_end_offsets",
 ]
 
@@ -149,31 +150,37 @@ class FetchPacer:
     """The fetch wait of a worker's consumers by load (8): ``busy_ms`` while ``saturated()``
     says the model is the bottleneck, ``idle_ms`` otherwise.
 
-    ``tick`` applies it to the fetchers that ``sources`` give (None: not started yet); each
-    fetcher reads it when it builds its next request. Faust's consumer runs in a thread of
-    its own: the wait is one int attribute, so setting it from the event loop is safe.
+    ``tick`` hands the wait for the load now to each of ``targets`` (:func:`set_fetch_wait`
+    on an aiokafka consumer, or the click router process's setter).
     """
 
     def __init__(
         self,
         saturated: Callable[[], bool],
-        sources: list[Callable[[], Any]],
+        targets: list[Callable[[int], None]],
         idle_ms: int = EMBEDDED_FETCH_MAX_WAIT_MS,
         busy_ms: int = EMBEDDED_BUSY_FETCH_MAX_WAIT_MS,
     ) -> None:
         self.saturated = saturated
-        self.sources = sources
+        self.targets = targets
         self.idle_ms = idle_ms
         self.busy_ms = busy_ms
 
     def tick(self) -> int:
-        """Set every started fetcher's wait for the load now; return that wait."""
+        """Give every target the wait for the load now; return that wait."""
         wait_ms = self.busy_ms if self.saturated() else self.idle_ms
-        for source in self.sources:
-            fetcher = source()
-            if fetcher is not None:
-                fetcher._fetch_max_wait_ms = wait_ms
+        for set_wait in self.targets:
+            set_wait(wait_ms)
         return wait_ms
+
+
+def set_fetch_wait(consumer: Any, wait_ms: int) -> None:
+    """An aiokafka consumer's fetch wait, read when its fetcher builds its next request (none
+    before it has started). Faust's consumer runs in a thread of its own: the wait is one int
+    attribute, so setting it from the event loop is safe."""
+    fetcher = getattr(consumer, "_fetcher", None)
+    if fetcher is not None:
+        fetcher._fetch_max_wait_ms = wait_ms
 
 
 class KeepingFlowControl(FlowControlEvent):

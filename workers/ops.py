@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from metaguide.replay import kafka_client_options
+from metaguide.replay import kafka_client_options, lag_of
 
 if TYPE_CHECKING:
     from workers.app import Worker
@@ -39,18 +39,6 @@ def readiness(worker: Worker) -> dict[str, bool]:
         "model_loaded": worker.snapshots_caught_up,
         "catalog_loaded": worker.catalog_caught_up,
     }
-
-
-async def lag_of(consumer: Any, tps: list[Any]) -> dict[Any, int]:
-    """End offset minus committed offset (0 when nothing was committed and nothing written)."""
-    if not tps:
-        return {}
-    ends = await consumer.end_offsets(tps)
-    out = {}
-    for tp in tps:
-        committed = await consumer.committed(tp)
-        out[tp] = max(0, ends[tp] - (committed or 0))
-    return out
 
 
 def register_ops(worker: Worker) -> None:
@@ -90,9 +78,8 @@ def register_ops(worker: Worker) -> None:
                 await state["offsets"].start()
             inputs = [tp for tp in app.consumer.assignment() if not tp.topic.endswith("-changelog")]
             lags = await lag_of(state["offsets"], inputs)
-            router = worker.clicks.router_consumer if worker.clicks else None
-            if router is not None:
-                lags.update(await lag_of(router, sorted(router.assignment())))
+            if worker.clicks is not None:
+                lags.update(worker.clicks.router_lag())
         except Exception as exc:  # a rebalance or a broker hiccup: try again next time
             log.debug("consumer lag not computed: %r", exc)
             return

@@ -8,6 +8,8 @@ answers from there.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from typing import Any
 
@@ -199,6 +201,36 @@ async def test_a_click_on_an_item_never_listed_ends_on_the_dead_letter_topic(
         jsonschema.validate(record, schema)
         assert record["source_topic"] == settings.topic("clicks")
     await wait_until(lambda: not worker.clicks.waiting, 10, "nothing left waiting")
+
+
+async def test_a_killed_click_router_is_started_again_and_no_click_is_lost(
+    broker: Any, worker_settings: Any, start_worker: Any
+) -> None:
+    settings = worker_settings()
+    worker = await start_worker(settings)
+    items = _items()["Tshirts"][:4]
+    await _list_items(broker, settings, worker, items)
+    first = [click("k", x.item_id, n) for n, x in enumerate(items)]
+    await _send(broker, settings.topic("clicks"), first, "user_id")
+    await wait_until(lambda: _user_clicks(worker, "k") == 4, 60, "the first clicks applied")
+    router = worker.clicks.router
+    killed = router.pid
+    assert killed is not None and killed != os.getpid()
+    os.kill(killed, signal.SIGKILL)
+    await wait_until(
+        lambda: router.pid not in (None, killed), 60, "the click router started again"
+    )
+    assert worker.metrics.router_restarts._value.get() == 1
+    more = [click("k", x.item_id, 10 + n) for n, x in enumerate(items)]
+    await _send(broker, settings.topic("clicks"), more, "user_id")
+    await wait_until(lambda: _user_clicks(worker, "k") == 8, 60, "the later clicks applied")
+    assert worker.metrics.clicks.labels("click")._value.get() >= 8  # each counted, once or more
+
+    running = router.pid
+    await worker.stop()
+    assert router.pid is None
+    with pytest.raises(ProcessLookupError):  # it went with its worker
+        os.kill(running, 0)
 
 
 async def test_recommendations_on_request_topic(

@@ -12,7 +12,7 @@ from mode import Service
 from mode.utils.queues import FlowControlQueue
 
 from metaguide.waiting import wait_until
-from workers.flow import App, FetchPacer, KeepingFlowControl, SeekClearingConsumer
+from workers.flow import App, FetchPacer, KeepingFlowControl, SeekClearingConsumer, set_fetch_wait
 
 
 async def test_resume_keeps_buffered_events_and_clear_drops_them() -> None:
@@ -135,20 +135,26 @@ async def test_the_started_producer_is_handed_out_without_a_loop_turn() -> None:
 
 def test_the_fetch_wait_follows_the_load() -> None:
     load = {"saturated": False}
-    faust_fetcher = SimpleNamespace(_fetch_max_wait_ms=1500)
-    router: list[SimpleNamespace] = []  # not started yet
+    faust_consumer = SimpleNamespace(_fetcher=SimpleNamespace(_fetch_max_wait_ms=1500))
+    unstarted = SimpleNamespace()  # no fetcher yet: nothing to set
+    router: list[int] = []
     pacer = FetchPacer(
         lambda: load["saturated"],
-        [lambda: faust_fetcher, lambda: router[0] if router else None],
+        [
+            lambda ms: set_fetch_wait(faust_consumer, ms),
+            lambda ms: set_fetch_wait(unstarted, ms),
+            router.append,
+        ],
         idle_ms=50,
         busy_ms=240,
     )
     assert pacer.tick() == 50
-    assert faust_fetcher._fetch_max_wait_ms == 50
+    assert faust_consumer._fetcher._fetch_max_wait_ms == 50
     load["saturated"] = True
-    router.append(SimpleNamespace(_fetch_max_wait_ms=50))
     assert pacer.tick() == 240
-    assert faust_fetcher._fetch_max_wait_ms == router[0]._fetch_max_wait_ms == 240
+    assert faust_consumer._fetcher._fetch_max_wait_ms == 240
+    assert not hasattr(unstarted, "_fetcher")
     load["saturated"] = False
     pacer.tick()
-    assert faust_fetcher._fetch_max_wait_ms == router[0]._fetch_max_wait_ms == 50
+    assert faust_consumer._fetcher._fetch_max_wait_ms == 50
+    assert router == [50, 240, 50]
