@@ -331,14 +331,12 @@ class ClickPath:
 
     async def _send_packs(
         self, topic: str, partition: int, packs: Iterable[dict[str, Any]]
-    ) -> list[Awaitable[Any]]:
-        """Packs to one partition of an internal topic; returns the deliveries."""
-        return [
-            await self.topics[topic].send(
-                key=PACK_KEY, value=encode_json(pack), partition=partition
-            )
-            for pack in packs
-        ]
+    ) -> None:
+        """Packs to one partition of an internal topic, straight through aiokafka
+        (:meth:`Worker.produce`: Faust flushes that producer before each commit)."""
+        name = self.topics[topic].get_topic_name()
+        for pack in packs:
+            await self.worker.produce(name, PACK_KEY, encode_json(pack), partition)
 
     async def _done(self, pack: _PackAck) -> None:
         pack.outstanding -= 1
