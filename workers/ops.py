@@ -7,7 +7,8 @@
   snapshot loaded (the watcher has read the snapshots topic to its end). 503 with the failing
   checks until then.
 - Every ``LAG_INTERVAL_S``: consumer lag per assigned input partition, committed offset to end
-  offset, for the Faust group (listings, internal topics) and the click router's group.
+  offset, for the Faust group (listings, internal topics) and the click router's group (as
+  the router process last reported it, workers/router.py).
 """
 
 from __future__ import annotations

@@ -217,9 +217,7 @@ async def test_a_killed_click_router_is_started_again_and_no_click_is_lost(
     killed = router.pid
     assert killed is not None and killed != os.getpid()
     os.kill(killed, signal.SIGKILL)
-    await wait_until(
-        lambda: router.pid not in (None, killed), 60, "the click router started again"
-    )
+    await wait_until(lambda: router.pid not in (None, killed), 60, "the click router started again")
     assert worker.metrics.router_restarts._value.get() == 1
     more = [click("k", x.item_id, 10 + n) for n, x in enumerate(items)]
     await _send(broker, settings.topic("clicks"), more, "user_id")
