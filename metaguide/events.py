@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import math
 import re
 import time
@@ -19,6 +20,8 @@ import numpy as np
 import orjson
 
 from metaguide.errors import SchemaViolation
+
+log = logging.getLogger("metaguide.dead_letters")
 
 __all__ = [
     "ACTIONS",
@@ -410,6 +413,28 @@ def dead_letter_record(
         "detail": detail[:2000],
         "ts": time.time(),
     }
+
+
+def dead_letter_of(message: Any, reason: str, detail: str) -> dict[str, Any]:
+    """The dead-letter record of a consumed Kafka message (anything with topic, partition,
+    offset, key and value), logged as a warning."""
+    log.warning(
+        "dead letter from %s[%s]@%s: %s: %s",
+        message.topic,
+        message.partition,
+        message.offset,
+        reason,
+        detail[:200],
+    )
+    return dead_letter_record(
+        source_topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=message.value,
+        reason=reason,
+        detail=detail,
+    )
 
 
 def vector_to_b64(vec: Any, dtype: type = np.float16) -> str:

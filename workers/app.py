@@ -30,7 +30,7 @@ from metaguide.events import (
     ListingEvent,
     check_key,
     classification_record,
-    dead_letter_record,
+    dead_letter_of,
     decode_json,
     decode_listing,
     encode_json,
@@ -233,24 +233,8 @@ class Worker:
 
     async def dead_letter(self, message: Any, reason: str, detail: str) -> None:
         """Send an event that cannot be processed to the dead-letter topic, with its reason."""
-        record = dead_letter_record(
-            source_topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
-            key=message.key,
-            value=message.value,
-            reason=reason,
-            detail=detail,
-        )
+        record = dead_letter_of(message, reason, detail)
         self.metrics.dead_letter(message.topic, reason)
-        log.warning(
-            "dead letter from %s[%s]@%s: %s: %s",
-            message.topic,
-            message.partition,
-            message.offset,
-            reason,
-            detail[:200],
-        )
         await self.topics["dead_letters"].send(
             key=message.topic.encode(), value=encode_json(record)
         )

@@ -43,7 +43,7 @@ from aiokafka.partitioner import murmur2
 
 from metaguide.config import Settings
 from metaguide.errors import SchemaViolation
-from metaguide.events import check_key, dead_letter_record, decode_click, encode_json
+from metaguide.events import check_key, dead_letter_of, decode_click, encode_json
 
 __all__ = [
     "PACK_KEY",
@@ -252,23 +252,7 @@ class Router:
         settings = self.settings
         sent = []
         for record, reason, detail in routed.rejected:
-            log.warning(
-                "dead letter from %s[%s]@%s: %s: %s",
-                record.topic,
-                record.partition,
-                record.offset,
-                reason,
-                detail[:200],
-            )
-            letter = dead_letter_record(
-                source_topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                key=record.key,
-                value=record.value,
-                reason=reason,
-                detail=detail,
-            )
+            letter = dead_letter_of(record, reason, detail)
             sent.append(
                 await self.producer.send(
                     settings.topic("dead-letters"),
