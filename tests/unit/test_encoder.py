@@ -44,3 +44,21 @@ def test_a_model_the_tracer_cannot_follow_runs_untraced(
     assert "runs untraced: cannot trace this model" in caplog.text
     vectors = encoder.embed_many(["a red cotton shirt", "blue jeans"])
     assert vectors.shape == (2, encoder.dim)
+
+
+def test_token_counts_by_word_are_the_tokenizers_counts_of_the_whole_text(
+    untraced: Any,
+) -> None:
+    tokenizer = untraced._counter.backend_tokenizer
+
+    def whole(text: str) -> int:
+        return min(len(tokenizer.encode(text).ids), untraced.max_length)
+
+    titles = [x.title for x in load_myntra()]
+    odd = ["", "  spaced   out  ", "a\tb\nc", "Ünïcödé café naïve", "中文字符 test"]
+    odd += ["emoji 😀 here", "hy-phen, comma.end", "x" * 600, " ".join(titles[:80])]
+    assert untraced._by_word  # the bundled tokenizer splits at whitespace first
+    counts = [untraced.token_count(t) for t in titles + odd]
+    assert counts == [whole(t) for t in titles + odd]
+    assert untraced.token_count(" ".join(titles[:80])) == untraced.max_length  # truncated
+    assert len(untraced._word_tokens) < sum(len(t.split()) for t in titles)  # words reused
