@@ -32,17 +32,18 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from metaguide.broker import EmbeddedBroker, free_port  # noqa: E402
+from metaguide.classify.prototypes import prototype_key  # noqa: E402
 from metaguide.config import Settings  # noqa: E402
-from metaguide.data import listing_event, load_myntra  # noqa: E402
-from metaguide.encoder import TransformerEncoder  # noqa: E402
-from metaguide.fewshot import unique_titles  # noqa: E402
-from metaguide.meta import Adapter  # noqa: E402
-from metaguide.prototypes import prototype_key  # noqa: E402
-from metaguide.replay import produce_events  # noqa: E402
-from metaguide.trainer import publish_adapter, snapshot_store  # noqa: E402
+from metaguide.embedding.encoder import TransformerEncoder  # noqa: E402
+from metaguide.eval.fewshot import unique_titles  # noqa: E402
+from metaguide.eval.myntra import listing_event, load_myntra  # noqa: E402
+from metaguide.kafka.broker import EmbeddedBroker, free_port  # noqa: E402
+from metaguide.kafka.replay import produce_events  # noqa: E402
+from metaguide.meta.maml import Adapter  # noqa: E402
+from metaguide.meta.trainer import publish_adapter, snapshot_store  # noqa: E402
 from metaguide.waiting import wait_until  # noqa: E402
 from workers.app import create_worker  # noqa: E402
+from workers.run import tune_process  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "adaptation.json"
 BASE = ["Watches", "Tshirts", "Handbags", "Casual Shoes", "Sunglasses", "Socks"]
@@ -93,6 +94,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             device="cpu",
         )
         worker = create_worker(settings, encoder=encoder)
+        tune_process()  # once per process; a no-op after the first
         await worker.start()
         send = lambda events: produce_events(  # noqa: E731
             broker.bootstrap, settings.topic("listings"), events, key_field="item_id"

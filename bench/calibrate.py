@@ -19,9 +19,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from metaguide.data import SAMPLE_FILE, few_shot_split, load_myntra  # noqa: E402
-from metaguide.encoder import TransformerEncoder  # noqa: E402
-from metaguide.prototypes import CategoryPrototypes  # noqa: E402
+from metaguide.classify.prototypes import CategoryPrototypes  # noqa: E402
+from metaguide.embedding.encoder import TransformerEncoder  # noqa: E402
+from metaguide.eval.myntra import SAMPLE_FILE, few_shot_split, load_myntra  # noqa: E402
 
 
 def main() -> None:

@@ -35,17 +35,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from metaguide.broker import EmbeddedBroker, free_port  # noqa: E402
 from metaguide.config import Settings  # noqa: E402
-from metaguide.encoder import TransformerEncoder  # noqa: E402
-from metaguide.replay import produce_events  # noqa: E402
-from metaguide.retail import (  # noqa: E402
+from metaguide.embedding.encoder import TransformerEncoder  # noqa: E402
+from metaguide.eval.retail import (
     PLATFORM,
     RETAIL_FILE,
     click_events,
     listing_events,
     load_online_retail,
 )
+from metaguide.kafka.broker import EmbeddedBroker, free_port  # noqa: E402
+from metaguide.kafka.replay import produce_events  # noqa: E402
 from metaguide.waiting import wait_until  # noqa: E402
 
 
@@ -102,6 +102,7 @@ async def api_latency(port: int, users: list[str], n: int, concurrency: int) -> 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     from workers.app import create_worker
+    from workers.run import tune_process
 
     data = load_online_retail(Path(Settings().data_dir) / RETAIL_FILE)
     clicks = click_events(data)[: args.clicks]
@@ -117,6 +118,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             web_port=free_port(),
         )
         lister = create_worker(settings, encoder=encoder)
+        tune_process()  # once per process; a no-op after the first
         await lister.start()
         await produce_events(
             broker.bootstrap, settings.topic("listings"), listings, key_field="item_id"

@@ -46,12 +46,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from metaguide.batching import MicroBatcher  # noqa: E402
-from metaguide.broker import EmbeddedBroker, free_port  # noqa: E402
 from metaguide.config import Settings  # noqa: E402
-from metaguide.data import few_shot_split, listing_event, load_myntra  # noqa: E402
-from metaguide.encoder import TransformerEncoder, cpu_cores  # noqa: E402
-from metaguide.replay import produce_events  # noqa: E402
+from metaguide.embedding.batching import MicroBatcher  # noqa: E402
+from metaguide.embedding.encoder import TransformerEncoder, cpu_cores  # noqa: E402
+from metaguide.eval.myntra import few_shot_split, listing_event, load_myntra  # noqa: E402
+from metaguide.kafka.broker import EmbeddedBroker, free_port  # noqa: E402
+from metaguide.kafka.replay import produce_events  # noqa: E402
 from metaguide.waiting import wait_until  # noqa: E402
 
 
@@ -147,6 +147,7 @@ async def bench_rounds(
     event loop; it then stops, and the raw encoder runs alone.
     """
     from workers.app import create_worker
+    from workers.run import tune_process
 
     layouts = raw_layouts(encoder)
     batchings = {
@@ -177,6 +178,7 @@ async def bench_rounds(
         )
         topic = settings.topic("listings")
         learner = create_worker(settings, encoder=encoder)
+        tune_process()  # once per process; a no-op after the first
         await learner.start()
         await produce_events(
             broker.bootstrap,

@@ -45,12 +45,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from metaguide.classify.prototypes import CategoryPrototypes  # noqa: E402
 from metaguide.config import Settings  # noqa: E402
-from metaguide.data import Listing  # noqa: E402
-from metaguide.embeddings import embed_cached  # noqa: E402
-from metaguide.encoder import TransformerEncoder, default_model_path  # noqa: E402
-from metaguide.fewshot import L2_GRID, load_titles, summary, unique_titles  # noqa: E402
-from metaguide.meta import (  # noqa: E402
+from metaguide.embedding.cache import embed_cached  # noqa: E402
+from metaguide.embedding.encoder import TransformerEncoder, default_model_path  # noqa: E402
+from metaguide.eval.fewshot import L2_GRID, load_titles, summary, unique_titles  # noqa: E402
+from metaguide.eval.myntra import Listing  # noqa: E402
+from metaguide.meta.maml import (
     Adapter,
     Episode,
     EpisodeSampler,
@@ -60,7 +61,6 @@ from metaguide.meta import (  # noqa: E402
     logistic_accuracy,
     meta_train,
 )
-from metaguide.prototypes import CategoryPrototypes  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ["raw_prototypes", "maml_adapter", "logistic_regression", "setfit"]

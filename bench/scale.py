@@ -33,12 +33,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from metaguide.config import Settings  # noqa: E402
-from metaguide.embeddings import embed_cached  # noqa: E402
-from metaguide.encoder import TransformerEncoder  # noqa: E402
-from metaguide.events import vector_to_b64  # noqa: E402
-from metaguide.recommend import Catalog, RecommendConfig, recommend  # noqa: E402
-from metaguide.retail import RETAIL_FILE, load_online_retail  # noqa: E402
-from metaguide.users import ProfileConfig, UserProfile, user_key  # noqa: E402
+from metaguide.contracts.codec import vector_to_b64  # noqa: E402
+from metaguide.embedding.cache import embed_cached  # noqa: E402
+from metaguide.embedding.encoder import TransformerEncoder  # noqa: E402
+from metaguide.eval.retail import RETAIL_FILE, load_online_retail  # noqa: E402
+from metaguide.recommend.profiles import ProfileConfig, UserProfile, user_key  # noqa: E402
+from metaguide.recommend.scoring import Catalog, RecommendConfig, recommend  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

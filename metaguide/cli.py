@@ -26,8 +26,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from metaguide.data import SAMPLE_FILE
     from metaguide.demo import format_summary, run_demo
+    from metaguide.eval.myntra import SAMPLE_FILE
 
     settings = Settings.from_env()
     data = args.data or SAMPLE_FILE
@@ -44,8 +44,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from metaguide.data import MYNTRA_FILE, SAMPLE_FILE, few_shot_split, listing_event, load_myntra
-    from metaguide.replay import kafka_client_options, produce_events
+    from metaguide.eval.myntra import (
+        MYNTRA_FILE,
+        SAMPLE_FILE,
+        few_shot_split,
+        listing_event,
+        load_myntra,
+    )
+    from metaguide.kafka.client import kafka_client_options
+    from metaguide.kafka.replay import produce_events
 
     settings = Settings.from_env()
     if args.dataset == "online-retail":
@@ -74,8 +81,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 def _replay_retail(args: argparse.Namespace, settings: Settings) -> int:
     """Online Retail: every product as a listing, then the purchases in invoice-date order."""
-    from metaguide.replay import kafka_client_options, produce_events
-    from metaguide.retail import RETAIL_FILE, click_events, listing_events, load_online_retail
+    from metaguide.eval.retail import RETAIL_FILE, click_events, listing_events, load_online_retail
+    from metaguide.kafka.client import kafka_client_options
+    from metaguide.kafka.replay import produce_events
 
     data = load_online_retail(Path(args.data_dir or settings.data_dir) / RETAIL_FILE)
     clicks = click_events(data)[: args.max_clicks]
@@ -102,9 +110,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     data_dir = Path(args.data_dir or settings.data_dir)
     if args.what == "recommend":
-        from metaguide.encoder import TransformerEncoder
-        from metaguide.evaluate import eval_recommend, format_recommend_table
-        from metaguide.retail import RETAIL_FILE, load_online_retail
+        from metaguide.embedding.encoder import TransformerEncoder
+        from metaguide.eval.recommend import eval_recommend, format_recommend_table
+        from metaguide.eval.retail import RETAIL_FILE, load_online_retail
 
         data = load_online_retail(data_dir / RETAIL_FILE)
         encoder = TransformerEncoder(settings.model, device=settings.device)
@@ -129,10 +137,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _eval_fewshot(args: argparse.Namespace, settings: Settings, data_dir: Path) -> int:
-    from metaguide import fewshot
-    from metaguide.data import MYNTRA_FILE
-    from metaguide.encoder import TransformerEncoder
-    from metaguide.meta import MetaConfig
+    from metaguide.embedding.encoder import TransformerEncoder
+    from metaguide.eval import fewshot
+    from metaguide.eval.myntra import MYNTRA_FILE
+    from metaguide.meta.maml import MetaConfig
 
     encoder = TransformerEncoder(settings.model, device=settings.device)
     titles = fewshot.load_title_set(
@@ -164,16 +172,16 @@ def _eval_fewshot(args: argparse.Namespace, settings: Settings, data_dir: Path) 
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from metaguide.meta import MetaConfig
-    from metaguide.trainer import Labelled, train_once
+    from metaguide.meta.maml import MetaConfig
+    from metaguide.meta.trainer import Labelled, train_once
 
     settings = Settings.from_env()
     encoder_id = settings.model
     data = None
     if args.dataset == "myntra":
-        from metaguide import fewshot
-        from metaguide.data import MYNTRA_FILE
-        from metaguide.encoder import TransformerEncoder
+        from metaguide.embedding.encoder import TransformerEncoder
+        from metaguide.eval import fewshot
+        from metaguide.eval.myntra import MYNTRA_FILE
 
         encoder = TransformerEncoder(settings.model, device=settings.device)
         encoder_id = encoder.model_id
@@ -217,8 +225,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_snapshot(args: argparse.Namespace) -> int:
-    from metaguide.snapshots import MODEL_NAME
-    from metaguide.trainer import latest_announcement, rollback, snapshot_store
+    from metaguide.meta.snapshots import MODEL_NAME
+    from metaguide.meta.trainer import latest_announcement, rollback, snapshot_store
 
     settings = Settings.from_env()
     if args.action == "rollback":

@@ -1,151 +1,115 @@
-"""Typed settings, read from ``METAGUIDE_*`` environment variables (12-factor).
+"""Typed settings, read from ``METAGUIDE_*`` environment variables (pydantic-settings).
 
-Two broker profiles: ``embedded`` (the Tansu broker of the demo and tests, with the Faust
-settings it needs) and ``kafka`` (a real cluster, Faust's defaults). Secrets are wrapped in
-:class:`Secret`, whose repr never shows the value.
+Two broker profiles: ``embedded`` (the Tansu broker of the demo and tests; its Faust and
+client constants are :data:`EMBEDDED`) and ``kafka`` (a real cluster, Faust's defaults).
+The SASL password is a ``SecretStr``: it never prints.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from metaguide.errors import ConfigError
 
-__all__ = ["Secret", "Settings"]
+__all__ = ["EMBEDDED", "EmbeddedProfile", "Settings", "default_data_dir"]
 
-
-class Secret:
-    """A string that does not print itself."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def get(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('**********')" if self._value else "Secret('')"
-
-    __str__ = __repr__
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-
-EMBEDDED_TRAIN_INTERVAL_S = 600.0
-
-
-def _default_data_dir() -> str:
-    return str(Path(__file__).resolve().parents[1].parent / "shared" / "data")
+ENV_PREFIX = "METAGUIDE_"
 
 
 @dataclass(frozen=True)
-class Settings:
+class EmbeddedProfile:
+    """Constants for the embedded broker (Tansu), which holds a JoinGroup for about half the
+    session timeout and every fetch for its whole wait."""
+
+    session_timeout_s: float = 3.0
+    heartbeat_interval_s: float = 0.5
+    rebalance_timeout_s: float = 3.0
+    # the click router's own group: a process whose loop may be busy routing a batch
+    router_session_timeout_s: float = 6.0
+    commit_interval_s: float = 0.5
+    producer_linger_s: float = 0.005  # sends share produce requests: each costs the broker
+    train_interval_s: float = 600.0  # the in-worker training timer's period
+
+
+EMBEDDED = EmbeddedProfile()
+
+
+def default_data_dir() -> str:
+    """The per-user data folder: ``$XDG_DATA_HOME/metaguide`` (``~/.local/share/metaguide``)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return str(Path(base) / "metaguide")
+
+
+class Settings(BaseSettings):
     """Everything a worker, the demo and the tools need to know. Env: ``METAGUIDE_<NAME>``."""
 
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
+
     broker_url: str = "kafka://127.0.0.1:9092"
-    broker_profile: str = "kafka"  # "embedded" (Tansu) or "kafka"
+    broker_profile: Literal["embedded", "kafka"] = "kafka"
     app_id: str = "metaguide"
     topic_prefix: str = "metaguide."
-    partitions: int = 4
+    partitions: int = Field(default=4, ge=1)
     model: str = "bundled:all-MiniLM-L6-v2"
     device: str = "auto"
-    max_length: int = 128
-    max_batch_size: int = 32
-    max_latency_s: float = 0.05
-    # listings between the consumer and their outputs. The micro-batcher groups texts by
-    # length within its oldest 8 x max_batch_size (256), so the queue should hold that many
-    # beside the batches in the model (up to 4 x 32): with 256 in flight the queue held 192
-    # and the model ran 11.3-11.4 padded tokens a Myntra title instead of 11.16
-    max_in_flight: int = 384
-    # encoder calls side by side, the cores shared out between them; 0 = auto (one per core
-    # up to four on a CPU, one on a GPU)
-    encoder_streams: int = 0
-    top_k: int = 3
-    click_batch_size: int = 1000  # clicks read per batch by the click agent
-    click_batch_latency_s: float = 0.05
-    click_wait_s: float = 30.0  # how long a click waits for its item's listing
-    # a changed user profile is changelogged at most once per interval (its clicks are
-    # applied at once; their packs are acked once the profile is written)
-    profile_write_interval_s: float = 2.0
-    recommend_max_k: int = 100
-    repeat_min_ratio: float = 0.5  # buying an item again is its norm above this repeat share
-    temperature: float = 0.05
+    max_length: int = Field(default=128, ge=8)
+    max_batch_size: int = Field(default=32, ge=1)
+    max_latency_s: float = Field(default=0.05, ge=0)
+    # listings between the consumer and their outputs: the batcher's grouping window
+    # (8 x max_batch_size) plus the batches in the model
+    max_in_flight: int = Field(default=384, ge=1)
+    # encoder calls side by side; 0 = auto (one per core up to four on a CPU, one on a GPU)
+    encoder_streams: int = Field(default=0, ge=0)
+    top_k: int = Field(default=3, ge=1)
+    click_batch_size: int = Field(default=1000, ge=1)
+    click_batch_latency_s: float = Field(default=0.05, ge=0)
+    click_wait_s: float = Field(default=30.0, gt=0)  # how long a click waits for its item's listing
+    # a changed user profile is changelogged at most once per interval
+    profile_write_interval_s: float = Field(default=2.0, gt=0)
+    recommend_max_k: int = Field(default=100, ge=1)
+    repeat_min_ratio: float = Field(default=0.5, ge=0, le=1)  # buying again is the norm above this
+    temperature: float = Field(default=0.05, gt=0)
     snapshot_dir: str = ""  # the snapshot store folder; "" = <state_dir>/snapshots
-    # in-worker training timer: -1 = auto (every 10 min with the embedded broker, off with a
-    # real cluster, where `metaguide train` runs as its own workload); 0 = off
+    # in-worker training: -1 = auto (on with the embedded broker, off with a cluster, where
+    # `metaguide train` runs as its own workload); 0 = off
     train_interval_s: float = -1.0
-    metrics_port: int = 9464
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
     metrics_host: str = "0.0.0.0"
-    web_port: int = 6066
+    web_port: int = Field(default=6066, ge=0, le=65535)
     web_host: str = "0.0.0.0"
     web_advertised_host: str = ""  # how other workers reach this one; "" = web_host
     state_dir: str = "/tmp/metaguide-state"
-    data_dir: str = field(default_factory=_default_data_dir)
-    log_level: str = "info"
-    security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL
-    sasl_mechanism: str = "PLAIN"  # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
+    data_dir: str = Field(default_factory=default_data_dir)
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "warning"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
     sasl_username: str = ""
-    sasl_password: Secret = field(default_factory=lambda: Secret(""))
+    sasl_password: SecretStr = SecretStr("")
     ssl_cafile: str = ""
 
-    def __post_init__(self) -> None:
-        if self.broker_profile not in ("embedded", "kafka"):
-            raise ConfigError(
-                f"METAGUIDE_BROKER_PROFILE is {self.broker_profile!r}: expected embedded or kafka"
-            )
-        if self.max_batch_size < 1:
-            raise ConfigError(f"METAGUIDE_MAX_BATCH_SIZE must be >= 1, got {self.max_batch_size}")
-        if self.max_latency_s < 0:
-            raise ConfigError(f"METAGUIDE_MAX_LATENCY_S must be >= 0, got {self.max_latency_s}")
-        if self.encoder_streams < 0:
-            raise ConfigError(
-                f"METAGUIDE_ENCODER_STREAMS must be >= 0 (0 = auto), got {self.encoder_streams}"
-            )
-        if self.top_k < 1:
-            raise ConfigError(f"METAGUIDE_TOP_K must be >= 1, got {self.top_k}")
-        if self.click_batch_size < 1:
-            raise ConfigError(
-                f"METAGUIDE_CLICK_BATCH_SIZE must be >= 1, got {self.click_batch_size}"
-            )
-        if self.profile_write_interval_s <= 0:
-            raise ConfigError(
-                "METAGUIDE_PROFILE_WRITE_INTERVAL_S must be > 0, "
-                f"got {self.profile_write_interval_s}"
-            )
-        if self.click_wait_s <= 0:
-            raise ConfigError(f"METAGUIDE_CLICK_WAIT_S must be > 0, got {self.click_wait_s}")
-        if not 0 <= self.repeat_min_ratio <= 1:
-            raise ConfigError(
-                f"METAGUIDE_REPEAT_MIN_RATIO must be in [0, 1], got {self.repeat_min_ratio}"
-            )
-        if self.temperature <= 0:
-            raise ConfigError(f"METAGUIDE_TEMPERATURE must be > 0, got {self.temperature}")
+    @model_validator(mode="after")
+    def _check_train_interval(self) -> Settings:
         if self.train_interval_s < 0 and self.train_interval_s != -1:
-            raise ConfigError(
-                f"METAGUIDE_TRAIN_INTERVAL_S must be >= 0 (or -1, auto), got "
-                f"{self.train_interval_s}"
-            )
-        if self.security_protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
-            raise ConfigError(f"METAGUIDE_SECURITY_PROTOCOL is {self.security_protocol!r}")
+            raise ValueError("train_interval_s must be >= 0, or -1 for auto")
+        return self
+
+    @property
+    def embedded(self) -> EmbeddedProfile:
+        """The embedded broker's constants."""
+        return EMBEDDED
 
     @property
     def effective_train_interval_s(self) -> float:
         """The in-worker training period; 0 when the worker does not train."""
         if self.train_interval_s == -1:
-            return EMBEDDED_TRAIN_INTERVAL_S if self.broker_profile == "embedded" else 0.0
+            return EMBEDDED.train_interval_s if self.broker_profile == "embedded" else 0.0
         return self.train_interval_s
 
     def topic(self, name: str) -> str:
@@ -153,41 +117,48 @@ class Settings:
         return f"{self.topic_prefix}{name}"
 
     def with_(self, **changes: Any) -> Settings:
-        return replace(self, **changes)
+        """A copy with some values changed (validated like the originals)."""
+        return Settings.from_env({}, **{**self._values(), **changes})
+
+    def _values(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in type(self).model_fields}
 
     def to_env(self) -> dict[str, str]:
-        """The ``METAGUIDE_<FIELD>`` variables that :meth:`from_env` reads back to these
+        """The ``METAGUIDE_<NAME>`` variables that :meth:`from_env` reads back to these
         settings (secrets in the clear: for a pipe to a child process, never for a log)."""
         out = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            out[f"METAGUIDE_{f.name.upper()}"] = (
-                value.get() if isinstance(value, Secret) else str(value)
-            )
+        for name, value in self._values().items():
+            text = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+            out[f"{ENV_PREFIX}{name.upper()}"] = text
         return out
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Read ``METAGUIDE_<FIELD>`` variables; explicit overrides win."""
+        """Settings from ``METAGUIDE_<NAME>`` variables (the process's, or ``env``); explicit
+        overrides win. A bad value raises :class:`ConfigError` naming the variable."""
         env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = env.get(f"METAGUIDE_{f.name.upper()}")
-            if raw is None:
-                continue
-            kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
-            try:
-                if kind == "int":
-                    values[f.name] = int(raw)
-                elif kind == "float":
-                    values[f.name] = float(raw)
-                elif kind == "Secret":
-                    values[f.name] = Secret(raw)
-                else:
-                    values[f.name] = raw
-            except ValueError:
-                raise ConfigError(
-                    f"METAGUIDE_{f.name.upper()} must be a {kind}, got {raw!r}"
-                ) from None
+        values: dict[str, Any] = {
+            name: env[f"{ENV_PREFIX}{name.upper()}"]
+            for name in cls.model_fields
+            if f"{ENV_PREFIX}{name.upper()}" in env
+        }
         values.update(overrides)
-        return cls(**values)
+        try:
+            # values given here win over the process environment's
+            return cls(**values)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line per bad setting: the variable, what is wrong, the value given."""
+    lines = []
+    for error in exc.errors():
+        name = ".".join(str(part) for part in error["loc"]) or "settings"
+        variable = f"{ENV_PREFIX}{name.upper()}"
+        if not error["loc"]:  # a rule across settings: the input is all of them
+            lines.append(error["msg"].removeprefix("Value error, "))
+            continue
+        shown = "(hidden)" if "password" in name else repr(error.get("input"))[:80]
+        lines.append(f"{variable}: {error['msg']} (got {shown})")
+    return "; ".join(lines)

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from metaguide.broker import EmbeddedBroker, free_port
 from metaguide.config import Settings
-from metaguide.data import SAMPLE_FILE, few_shot_split, listing_event, load_myntra
-from metaguide.replay import produce_events
+from metaguide.eval.myntra import SAMPLE_FILE, few_shot_split, listing_event, load_myntra
+from metaguide.kafka.broker import EmbeddedBroker, free_port
+from metaguide.kafka.replay import produce_events
 from metaguide.waiting import wait_until
 
 __all__ = ["run_demo", "format_summary"]
@@ -38,6 +38,7 @@ async def run_demo(
 ) -> dict[str, Any]:
     """Run the demo and return its summary (see :func:`format_summary`)."""
     from workers.app import create_worker
+    from workers.run import tune_process
 
     started = time.perf_counter()
     listings = load_myntra(data_path)
@@ -52,6 +53,7 @@ async def run_demo(
             web_port=free_port(),
         )
         worker = create_worker(settings)
+        tune_process()  # once per process; a no-op after the first
         metrics_server = worker.metrics.serve(settings.metrics_port, "127.0.0.1")
         producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=5)
         consumer = AIOKafkaConsumer(

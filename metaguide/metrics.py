@@ -6,6 +6,8 @@ appear as labels (their number is unbounded).
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -186,6 +188,16 @@ class Metrics:
             "1 when the worker is ready (partitions assigned, tables recovered, model loaded).",
             registry=r,
         )
+        self.fetch_wait = Gauge(
+            "metaguide_fetch_wait_seconds",
+            "The consumers' fetch wait (embedded broker: longer while the encoder is saturated).",
+            registry=r,
+        )
+        self.fetch_waits_lengthened = Counter(
+            "metaguide_fetch_waits_lengthened_total",
+            "Times the fetch wait went long because the encoder was saturated (embedded broker).",
+            registry=r,
+        )
         self.trainings = Counter(
             "metaguide_trainings_total",
             "Training rounds run in this process, by outcome (published, kept, skipped, failed).",
@@ -207,6 +219,15 @@ class Metrics:
     def dead_letter(self, topic: str, reason: str, n: int = 1) -> None:
         self.events_failed.labels(topic).inc(n)
         self.dead_letters.labels(topic, reason).inc(n)
+
+    @staticmethod
+    def value(metric: Any, **labels: str) -> float:
+        """A counter's or gauge's current value for these labels (0 when never set)."""
+        for family in metric.collect():
+            for sample in family.samples:
+                if sample.labels == labels and not sample.name.endswith("_created"):
+                    return float(sample.value)
+        return 0.0
 
     def exposition(self) -> bytes:
         """The text exposition format, as a scrape sees it."""

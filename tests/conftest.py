@@ -13,7 +13,7 @@ import pytest
 
 from metaguide.waiting import wait_until
 
-__all__ = ["load_schema", "read_topic", "wait_until"]
+__all__ = ["committed_offsets", "load_schema", "read_topic", "wait_until"]
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMAS = ROOT / "schemas"
@@ -25,7 +25,7 @@ def load_schema(name: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def broker() -> Iterator[Any]:
-    from metaguide.broker import EmbeddedBroker
+    from metaguide.kafka.broker import EmbeddedBroker
 
     with EmbeddedBroker() as b:
         yield b
@@ -33,7 +33,7 @@ def broker() -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def encoder() -> Any:
-    from metaguide.encoder import TransformerEncoder
+    from metaguide.embedding.encoder import TransformerEncoder
 
     return TransformerEncoder(device="cpu")
 
@@ -41,8 +41,8 @@ def encoder() -> Any:
 @pytest.fixture
 def worker_settings(broker: Any, tmp_path: Path) -> Callable[..., Any]:
     """Settings for a worker on the session broker, with topics and group unique to the test."""
-    from metaguide.broker import free_port
     from metaguide.config import Settings
+    from metaguide.kafka.broker import free_port
 
     run = uuid.uuid4().hex[:8]
 
@@ -101,3 +101,20 @@ async def read_topic(
     finally:
         await consumer.stop()
     return records
+
+
+async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """A consumer group's committed offset of each partition of a topic (0 when none), as
+    the broker has it."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        if not partitions:
+            await consumer.topics()  # a metadata update
+            partitions = consumer.partitions_for_topic(topic) or set()
+        return {p: (await consumer.committed(TopicPartition(topic, p))) or 0 for p in partitions}
+    finally:
+        await consumer.stop()

@@ -8,28 +8,28 @@
   checks until then.
 - Every ``LAG_INTERVAL_S``: consumer lag per assigned input partition, committed offset to end
   offset, for the Faust group (listings, internal topics) and the click router's group (as
-  the router process last reported it, workers/router.py).
+  the router process last reported it, workers/clicks/router.py).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
-from metaguide.replay import kafka_client_options, lag_of
+from metaguide.kafka.client import kafka_client_options, lag_of
+from workers.context import WorkerContext
 
-if TYPE_CHECKING:
-    from workers.app import Worker
-
-__all__ = ["register_ops"]
+__all__ = ["readiness", "register_ops"]
 
 log = logging.getLogger("metaguide.ops")
 
 LAG_INTERVAL_S = 10.0
 
 
-def readiness(worker: Worker) -> dict[str, bool]:
-    app = worker.app
+def readiness(ctx: WorkerContext) -> dict[str, bool]:
+    """Each readiness check by name (``/readyz``)."""
+    app = ctx.app
     try:
         assigned = bool(app.consumer.assignment())
     except Exception:  # the consumer is not started yet
@@ -37,14 +37,16 @@ def readiness(worker: Worker) -> dict[str, bool]:
     return {
         "partitions_assigned": assigned,
         "tables_recovered": app.tables.recovery.completed.is_set(),  # type: ignore[attr-defined]
-        "model_loaded": worker.snapshots_caught_up,
-        "catalog_loaded": worker.catalog_caught_up,
+        "model_loaded": "snapshots" in ctx.caught_up,
+        "catalog_loaded": "catalog" in ctx.caught_up,
     }
 
 
-def register_ops(worker: Worker) -> None:
-    app = worker.app
-    metrics = worker.metrics
+def register_ops(ctx: WorkerContext, other_lag: Callable[[], dict[Any, int]]) -> None:
+    """Health and readiness pages, and the lag and readiness gauges; ``other_lag`` adds the
+    lag of consumers outside Faust (the click router's)."""
+    app = ctx.app
+    metrics = ctx.metrics
 
     @app.page("/healthz")
     async def healthz(view: Any, request: Any) -> Any:
@@ -52,7 +54,7 @@ def register_ops(worker: Worker) -> None:
 
     @app.page("/readyz")
     async def readyz(view: Any, request: Any) -> Any:
-        checks = readiness(worker)
+        checks = readiness(ctx)
         ready = all(checks.values())
         return view.json({"ready": ready, "checks": checks}, status=200 if ready else 503)
 
@@ -60,7 +62,7 @@ def register_ops(worker: Worker) -> None:
 
     @app.timer(interval=LAG_INTERVAL_S)
     async def report_lag() -> None:
-        checks = readiness(worker)
+        checks = readiness(ctx)
         metrics.tables_recovered.set(1 if checks["tables_recovered"] else 0)
         metrics.ready.set(1 if all(checks.values()) else 0)
         if not checks["partitions_assigned"]:
@@ -71,16 +73,15 @@ def register_ops(worker: Worker) -> None:
 
                 # a member of no group: it only reads the group's committed offsets
                 state["offsets"] = AIOKafkaConsumer(
-                    bootstrap_servers=worker.settings.broker_url.removeprefix("kafka://"),
-                    group_id=worker.settings.app_id,
+                    bootstrap_servers=ctx.settings.broker_url.removeprefix("kafka://"),
+                    group_id=ctx.settings.app_id,
                     enable_auto_commit=False,
-                    **kafka_client_options(worker.settings),
+                    **kafka_client_options(ctx.settings),
                 )
                 await state["offsets"].start()
             inputs = [tp for tp in app.consumer.assignment() if not tp.topic.endswith("-changelog")]
             lags = await lag_of(state["offsets"], inputs)
-            if worker.clicks is not None:
-                lags.update(worker.clicks.router_lag())
+            lags.update(other_lag())
         except Exception as exc:  # a rebalance or a broker hiccup: try again next time
             log.debug("consumer lag not computed: %r", exc)
             return

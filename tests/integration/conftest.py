@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from metaguide.broker import free_port
+from metaguide.kafka.broker import free_port
 
 __all__ = ["scrape"]
 

@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from metaguide.data import listing_event, load_myntra
-from metaguide.events import vector_from_b64
-from metaguide.replay import produce_events, read_to_end
+from metaguide.contracts.codec import vector_from_b64
+from metaguide.eval.myntra import listing_event, load_myntra
+from metaguide.kafka.client import read_to_end
+from metaguide.kafka.replay import produce_events
 
 __all__ = ["complete", "compare_states", "final_state", "send", "stream_events"]
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from metaguide.data import listing_event, load_myntra
-from metaguide.replay import produce_events
+from metaguide.eval.myntra import listing_event, load_myntra
+from metaguide.kafka.replay import produce_events
 from tests.conftest import read_topic
 
 pytestmark = pytest.mark.integration
@@ -44,7 +44,7 @@ async def test_a_slow_encoder_bounds_work_in_flight_and_loses_nothing(
     sampling = True
 
     def sample() -> None:  # every 5 ms on the event loop, between the worker's own steps
-        peaks["tasks"] = max(peaks["tasks"], len(worker._tasks))
+        peaks["tasks"] = max(peaks["tasks"], len(worker.tasks))
         peaks["queued"] = max(peaks["queued"], worker.batcher.queued)
         if sampling:
             loop.call_later(0.005, sample)

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from metaguide.data import listing_event, load_myntra
+from metaguide.eval.myntra import listing_event, load_myntra
 from tests.conftest import read_topic, wait_until
 from tests.corpus import Raw, bad_clicks, bad_listings
 
@@ -115,15 +115,18 @@ async def test_malformed_events_are_dead_lettered_with_their_reason_and_valid_on
     out = await read_topic(broker.bootstrap, settings.topic("classifications"), unlabelled, 120)
     assert len({r["item_id"] for r in out}) == unlabelled
     await wait_until(
-        lambda: worker.metrics.user_updates._value.get() >= len(clicks), 120, "valid clicks"
+        lambda: worker.metrics.value(worker.metrics.user_updates) >= len(clicks),
+        120,
+        "valid clicks",
     )
-    assert worker.metrics.user_updates._value.get() == len(clicks)
+    assert worker.metrics.value(worker.metrics.user_updates) == len(clicks)
 
     by_reason = Counter(r.reason for r in expected)
     for topic, records in (("listings", bad_l), ("clicks", bad_c + unknown)):
         for reason, count in Counter(r.reason for r in records).items():
-            metric = worker.metrics.dead_letters.labels(settings.topic(topic), reason)
-            assert metric._value.get() == count, (topic, reason)
+            metrics = worker.metrics
+            got = metrics.value(metrics.dead_letters, topic=settings.topic(topic), reason=reason)
+            assert got == count, (topic, reason)
     assert worker.app.started
     print(
         f"\nfuzzed {len(bad_l)} listings and {len(bad_c)} clicks "

@@ -17,8 +17,8 @@ import aiohttp
 import jsonschema
 import pytest
 
-from metaguide.data import listing_event, load_myntra
-from metaguide.replay import produce_events
+from metaguide.eval.myntra import listing_event, load_myntra
+from metaguide.kafka.replay import produce_events
 from tests.conftest import load_schema, read_topic, wait_until
 
 pytestmark = pytest.mark.integration
@@ -151,7 +151,9 @@ async def test_a_redelivered_click_leaves_the_user_unchanged(
     await _send(broker, settings.topic("clicks"), [first], "user_id")
     await wait_until(
         lambda: (
-            worker.metrics.duplicates_skipped.labels(settings.topic("user-updates"))._value.get()
+            worker.metrics.value(
+                worker.metrics.duplicates_skipped, topic=settings.topic("user-updates")
+            )
             == 1
         ),
         60,
@@ -218,11 +220,13 @@ async def test_a_killed_click_router_is_started_again_and_no_click_is_lost(
     assert killed is not None and killed != os.getpid()
     os.kill(killed, signal.SIGKILL)
     await wait_until(lambda: router.pid not in (None, killed), 60, "the click router started again")
-    assert worker.metrics.router_restarts._value.get() == 1
+    assert worker.metrics.value(worker.metrics.router_restarts) == 1
     more = [click("k", x.item_id, 10 + n) for n, x in enumerate(items)]
     await _send(broker, settings.topic("clicks"), more, "user_id")
     await wait_until(lambda: _user_clicks(worker, "k") == 8, 60, "the later clicks applied")
-    assert worker.metrics.clicks.labels("click")._value.get() >= 8  # each counted, once or more
+    assert (
+        worker.metrics.value(worker.metrics.clicks, action="click") >= 8
+    )  # each counted, once or more
 
     running = router.pid
     await worker.stop()

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from metaguide.broker import free_port
+from metaguide.kafka.broker import free_port
 from metaguide.waiting import wait_until, wait_until_async
 from tests.integration.state import compare_states, complete, final_state, send, stream_events
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from workers.flow import true_end_offsets
+from workers.corrections.end_offsets import true_end_offsets
 
 
 async def test_the_end_offset_is_one_past_the_last_record_of_a_batched_partition(

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from metaguide.data import few_shot_split, listing_event, load_myntra
-from metaguide.events import encode_json
-from metaguide.replay import produce_events
+from metaguide.contracts.codec import encode_json
+from metaguide.eval.myntra import few_shot_split, listing_event, load_myntra
+from metaguide.kafka.replay import produce_events
 from metaguide.waiting import wait_until_async
-from tests.conftest import load_schema, read_topic, wait_until
-from workers.flow import EMBEDDED_BUSY_FETCH_MAX_WAIT_MS, EMBEDDED_FETCH_MAX_WAIT_MS
+from tests.conftest import committed_offsets, load_schema, read_topic, wait_until
+from workers.corrections.fetch_wait import EMBEDDED_FETCH_MAX_WAIT_MS
 
 pytestmark = pytest.mark.integration
 
@@ -138,7 +138,7 @@ async def test_tables_are_recovered_after_a_restart(
     split = _split(KNOWN)
     settings, worker = await _learned(broker, worker_settings, start_worker, split)
     # let the last offsets be committed (commit interval 0.5 s) before stopping
-    await wait_until(lambda: _committed_all(worker), 30, "offsets committed")
+    await _committed_all(broker, settings, len(split.labelled))
     before = _snapshot(worker)
     items_before = len(worker.items)
     await worker.stop()
@@ -151,7 +151,7 @@ async def test_tables_are_recovered_after_a_restart(
         assert np.array_equal(after[key][1], total), key
     assert len(again.items) == items_before
     # recovered from the changelogs, not recomputed: the restarted worker read no listing again
-    consumed = again.metrics.events_consumed.labels(settings.topic("listings"))._value.get()
+    consumed = again.metrics.value(again.metrics.events_consumed, topic=settings.topic("listings"))
     assert consumed == 0
     # and once recovered it no longer fetches its active tables' changelogs, nor the
     # assignor's leader topic (workers/flow.py, 7); global tables and streams it still does
@@ -166,22 +166,16 @@ async def test_tables_are_recovered_after_a_restart(
     assert {settings.topic("listings"), f"{app_id}-category-prototypes-changelog"} <= fetched
 
 
-def _committed(worker: Any) -> dict[int, int]:
-    """Faust's committed offset of each listings partition (the next offset to read)."""
-    listings = worker.settings.topic("listings")
-    return {
-        tp.partition: offset or 0
-        for tp, offset in worker.app.consumer._committed_offset.items()
-        if tp.topic == listings
-    }
+async def _committed_all(broker: Any, settings: Any, records: int) -> None:
+    """Wait until the listings' committed offsets add up to ``records`` (every partition
+    starts at 0), as the group's committed offsets on the broker say."""
+    topic = settings.topic("listings")
 
+    async def done() -> bool:
+        committed = await committed_offsets(broker.bootstrap, settings.app_id, topic)
+        return sum(committed.values()) == records
 
-def _committed_all(worker: Any) -> bool:
-    """Every listing acked and its offset committed (Faust's own bookkeeping)."""
-    consumer = worker.app.consumer
-    listings = worker.settings.topic("listings")
-    committed = {tp: off for tp, off in consumer._committed_offset.items() if tp.topic == listings}
-    return bool(committed) and not consumer._unacked_messages
+    await wait_until_async(done, 30, f"{records} listings committed")
 
 
 async def test_readiness_is_false_until_recovery_completes_then_true(
@@ -194,7 +188,7 @@ async def test_readiness_is_false_until_recovery_completes_then_true(
 
     split = _split(KNOWN + [NEW], shots=20, test_per_category=0)
     settings, worker = await _learned(broker, worker_settings, start_worker, split)
-    await wait_until(lambda: _committed_all(worker), 30, "offsets committed")
+    await _committed_all(broker, settings, len(split.labelled))
     items = len(worker.items)
     await worker.stop()
 
@@ -224,7 +218,7 @@ async def test_readiness_is_false_until_recovery_completes_then_true(
         first_ok = next(i for i, (status, _, _) in enumerate(seen) if status == 200)
         assert all(status == 503 for status, _, _ in seen[:first_ok])
         assert seen[first_ok][2] == items  # ready means every item is back
-        assert all(readiness(again).values())
+        assert all(readiness(again.ctx).values())
     finally:
         starting.cancel()
         await again.stop()
@@ -233,40 +227,32 @@ async def test_readiness_is_false_until_recovery_completes_then_true(
 async def test_a_worker_started_on_a_backlog_classifies_all_of_it(
     broker: Any, worker_settings: Any, start_worker: Any
 ) -> None:
-    # Two Faust corrections (workers/flow.py): without the first, events fetched by the end
-    # of recovery were cleared and lost until the next restart; without the second, events
-    # delivered while the consumer sought back to its committed offsets were processed twice
-    # and the partition's commits then crawled one offset per commit interval.
+    # Two Faust corrections (workers/corrections/flow_control.py and seek.py): without the
+    # first, events fetched by the end of recovery were cleared and lost until the next
+    # restart; without the second, events delivered while the consumer sought back to its
+    # committed offsets were processed twice and the partition's commits then crawled.
     split = _split(KNOWN, test_per_category=1000)
     settings, worker = await _learned(broker, worker_settings, start_worker, split)
-    await wait_until(lambda: _committed_all(worker), 30, "offsets committed")
+    await _committed_all(broker, settings, len(split.labelled))
     await worker.stop()
     backlog = [listing_event(x, labelled=False) for x in split.test][:600]
     await _send(broker, settings, backlog)
 
     again = await start_worker(settings)
-    reading = asyncio.ensure_future(
-        read_topic(broker.bootstrap, settings.topic("classifications"), len(backlog))
-    )
-    # while the encoder is saturated the consumers fetch with the longer wait, and once the
-    # backlog is done with the short one again (workers/flow.py, 8)
-    fetcher = again.app.consumer._thread._consumer._fetcher
-    await wait_until(
-        lambda: fetcher._fetch_max_wait_ms == EMBEDDED_BUSY_FETCH_MAX_WAIT_MS, 30, "the busy wait"
-    )
-    out = await reading
+    out = await read_topic(broker.bootstrap, settings.topic("classifications"), len(backlog))
     assert {r["item_id"] for r in out} == {e["item_id"] for e in backlog}
-    await wait_until(
-        lambda: fetcher._fetch_max_wait_ms == EMBEDDED_FETCH_MAX_WAIT_MS, 5, "the idle wait"
-    )
-    consumed = again.metrics.events_consumed.labels(settings.topic("listings"))._value.get()
+    metrics = again.metrics
+    consumed = metrics.value(metrics.events_consumed, topic=settings.topic("listings"))
     assert consumed == len(backlog)  # each once: nothing of the backlog was seen before
     # every partition's offsets start at 0: committed offsets add up to the records in it
-    records = len(split.labelled) + len(backlog)
+    await _committed_all(broker, settings, len(split.labelled) + len(backlog))
+    # the saturated encoder lengthened the consumers' fetch wait, and once the backlog was
+    # done it went back to the short one (workers/corrections/fetch_wait.py)
+    assert metrics.value(metrics.fetch_waits_lengthened) >= 1
     await wait_until(
-        lambda: _committed_all(again) and sum(_committed(again).values()) == records,
-        30,
-        "the backlog committed",
+        lambda: metrics.value(metrics.fetch_wait) == EMBEDDED_FETCH_MAX_WAIT_MS / 1000,
+        5,
+        "the idle wait",
     )
 
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from metaguide.data import few_shot_split, listing_event, load_myntra
-from metaguide.replay import produce_events
+from metaguide.eval.myntra import few_shot_split, listing_event, load_myntra
+from metaguide.kafka.replay import produce_events
 from tests.conftest import read_topic, wait_until
 from tests.integration.conftest import scrape
 from tests.integration.test_click_path import get_recommendations

@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 import yaml
 
-from metaguide.broker import free_port
-from metaguide.data import listing_event
+from metaguide.eval.myntra import listing_event
+from metaguide.kafka.broker import free_port
 from metaguide.waiting import wait_until_async
 from tests.conftest import read_topic, wait_until
 from tests.integration.test_click_path import KINDS, _items, _send, click
@@ -50,7 +50,9 @@ async def test_a_worker_with_listings_and_clicks_passes_promtool_and_is_scraped(
     clicks = [click(f"u{n % 3}", e["item_id"], n) for n, e in enumerate(labelled + unlabelled)]
     await _send(broker, settings.topic("clicks"), clicks, "user_id")
     await wait_until(
-        lambda: worker.metrics.user_updates._value.get() >= len(clicks), 60, "clicks applied"
+        lambda: worker.metrics.value(worker.metrics.user_updates) >= len(clicks),
+        60,
+        "clicks applied",
     )
     server = worker.metrics.serve(settings.metrics_port, "127.0.0.1")
     prometheus = None

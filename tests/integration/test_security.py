@@ -13,9 +13,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from metaguide.broker import free_port
 from metaguide.config import Settings
 from metaguide.errors import ConfigError
+from metaguide.kafka.broker import free_port
 from metaguide.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -27,7 +27,7 @@ def test_settings_and_config_errors_never_show_the_password() -> None:
     settings = Settings.from_env(
         {"METAGUIDE_SECURITY_PROTOCOL": "SASL_SSL", "METAGUIDE_SASL_PASSWORD": SECRET}
     )
-    assert settings.sasl_password.get() == SECRET
+    assert settings.sasl_password.get_secret_value() == SECRET
     assert SECRET not in repr(settings) and SECRET not in str(settings)
     with pytest.raises(ConfigError) as info:
         Settings.from_env(

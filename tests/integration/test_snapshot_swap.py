@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 
 from metaguide.config import Settings
-from metaguide.data import few_shot_split, listing_event, load_myntra
-from metaguide.meta import MetaConfig, meta_train
-from metaguide.replay import produce_events
-from metaguide.snapshots import MANIFEST, MODEL_NAME, WEIGHTS, announcement, build_snapshot
-from metaguide.trainer import announce, publish_adapter, read_labelled, snapshot_store
+from metaguide.eval.myntra import few_shot_split, listing_event, load_myntra
+from metaguide.kafka.replay import produce_events
+from metaguide.meta.maml import MetaConfig, meta_train
+from metaguide.meta.snapshots import MANIFEST, MODEL_NAME, WEIGHTS, announcement, build_snapshot
+from metaguide.meta.trainer import announce, publish_adapter, read_labelled, snapshot_store
 from tests.conftest import read_topic, wait_until
 from tests.integration.conftest import scrape
 
@@ -205,7 +205,7 @@ async def test_the_embedded_worker_trains_on_a_timer_from_what_it_learned(
     )
 
     def rounds(outcome: str) -> float:
-        return worker.metrics.trainings.labels(outcome)._value.get()
+        return worker.metrics.value(worker.metrics.trainings, outcome=outcome)
 
     # the first rounds may run before every example is in; wait for one that trained
     await wait_until(lambda: rounds("published") + rounds("kept") >= 1, 300, "a training round")

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from metaguide.config import Settings
-from metaguide.meta import MetaConfig
-from metaguide.snapshots import SnapshotError
-from metaguide.trainer import (
+from metaguide.meta.maml import MetaConfig
+from metaguide.meta.snapshots import SnapshotError
+from metaguide.meta.trainer import (
     Labelled,
     latest_announcement,
     publish_adapter,
@@ -53,7 +53,7 @@ async def test_gate_publishes_only_a_better_adapter_and_rollback_returns(
 
     with pytest.raises(SnapshotError, match="no_earlier"):
         await rollback(settings)
-    from metaguide.snapshots import load_snapshot
+    from metaguide.meta.snapshots import load_snapshot
 
     serving = await latest_announcement(settings)
     assert serving is not None

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from metaguide.batching import MicroBatcher, TickBatcher, pick_batch
+from metaguide.embedding.batching import MicroBatcher, TickBatcher, pick_batch
 from metaguide.waiting import wait_until
 
 

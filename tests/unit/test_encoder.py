@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from metaguide.data import load_myntra
-from metaguide.encoder import TransformerEncoder
+from metaguide.embedding.encoder import TransformerEncoder
+from metaguide.eval.myntra import load_myntra
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import metaguide.encoder as encoder_module
-from metaguide.encoder import cgroup_cpu_limit, cpu_cores, thread_layout
+import metaguide.embedding.encoder as encoder_module
+from metaguide.embedding.encoder import cgroup_cpu_limit, cpu_cores, thread_layout
 
 CPU, GPU = torch.device("cpu"), torch.device("cuda")
 

@@ -10,17 +10,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metaguide.errors import SchemaViolation
-from metaguide.events import (
+from metaguide.contracts.events import (
     _checked_click,
     _valid_click,
     check_key,
-    classification_record,
-    dead_letter_record,
     decode_click,
     decode_listing,
     decode_recommendation_request,
 )
+from metaguide.contracts.records import classification_record, dead_letter_record
+from metaguide.errors import SchemaViolation
 from tests.conftest import load_schema
 from tests.corpus import bad_clicks
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from metaguide.melu import MeLU, MeLUConfig
+from metaguide.eval.melu import MeLU, MeLUConfig
 
 
 def _world(seed: int = 0) -> tuple[np.ndarray, dict[str, list[int]]]:

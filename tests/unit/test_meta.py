@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from metaguide.meta import (
+from metaguide.meta.maml import (
     Adapter,
     EpisodeSampler,
     MetaConfig,
@@ -140,7 +140,7 @@ def test_logistic_regression_baseline_learns(
 
 
 def test_trainer_input_counts_a_redelivered_event_once() -> None:
-    from metaguide.trainer import Labelled
+    from metaguide.meta.trainer import Labelled
 
     gen = np.random.default_rng(0)
     a, b = gen.standard_normal(8).astype(np.float32), gen.standard_normal(8).astype(np.float32)

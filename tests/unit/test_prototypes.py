@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from metaguide.prototypes import CategoryPrototypes, Prototype, split_key
+from metaguide.classify.prototypes import CategoryPrototypes, Prototype, split_key
 
 _vectors = st.integers(1, 40).flatmap(
     lambda n: arrays(np.float32, (n, 8), elements=st.floats(-1, 1, width=32))
@@ -65,7 +65,7 @@ def test_a_redelivered_event_is_not_counted_twice() -> None:
 
 
 def test_an_adapter_applied_to_base_prototypes_equals_prototypes_of_adapted_embeddings() -> None:
-    from metaguide.meta import Adapter
+    from metaguide.meta.maml import Adapter
 
     gen = np.random.default_rng(4)
     adapter = Adapter(

@@ -10,18 +10,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from metaguide.contracts.events import decode_recommendation_request, parse_k
 from metaguide.errors import SchemaViolation
-from metaguide.evaluate import ranking_metrics
-from metaguide.events import decode_recommendation_request, parse_k
-from metaguide.recommend import (
+from metaguide.eval.recommend import ranking_metrics
+from metaguide.eval.retail import click_events, load_online_retail
+from metaguide.recommend.profiles import ProfileConfig, UserProfile
+from metaguide.recommend.scoring import (
     Catalog,
     RecommendConfig,
     bump_popularity,
     popularity_at,
     recommend,
 )
-from metaguide.retail import click_events, load_online_retail
-from metaguide.users import ProfileConfig, UserProfile
 
 D = 16
 DAY = 86400.0

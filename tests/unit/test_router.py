@@ -7,9 +7,11 @@ from types import SimpleNamespace
 from typing import Any
 
 from aiokafka.partitioner import DefaultPartitioner
+from pydantic import SecretStr
 
-from metaguide.config import Secret, Settings
-from workers.router import ITEM_ID, PACK_MAX_ROWS, RAW, SRC_OFFSET, chunks, route
+from metaguide.config import Settings
+from metaguide.contracts.internal import PACK_MAX_ROWS, chunks, decode_click_pack, encode_click_pack
+from workers.clicks.router import route
 
 
 def record(offset: int, value: Any, key: bytes | None) -> SimpleNamespace:
@@ -34,12 +36,14 @@ def test_clicks_are_packed_by_their_items_partition_as_producers_partition_them(
     partitioner = DefaultPartitioner()
     for partition, rows in routed.packs.items():
         for row in rows:
-            expected = partitioner(row[ITEM_ID].encode(), [0, 1, 2, 3], [0, 1, 2, 3])
+            expected = partitioner(row.item_id.encode(), [0, 1, 2, 3], [0, 1, 2, 3])
             assert partition == expected
-    rows = sorted((r for rs in routed.packs.values() for r in rs), key=lambda r: r[SRC_OFFSET])
-    assert [r[SRC_OFFSET] for r in rows] == list(range(40))  # every one, once
-    assert all(json.loads(r[RAW]) == click(r[SRC_OFFSET]) for r in rows)  # the raw event
+    rows = sorted((r for rs in routed.packs.values() for r in rs), key=lambda r: r.source_offset)
+    assert [r.source_offset for r in rows] == list(range(40))  # every one, once
+    assert all(json.loads(r.raw) == click(r.source_offset) for r in rows)  # the raw event
     assert routed.actions == {"click": 40} and not routed.rejected
+    for rows in routed.packs.values():  # what the join agent reads back is what was routed
+        assert decode_click_pack(encode_click_pack(rows)) == rows
 
 
 def test_bad_clicks_are_set_aside_with_their_reason_and_the_rest_still_routed() -> None:
@@ -59,7 +63,7 @@ def test_bad_clicks_are_set_aside_with_their_reason_and_the_rest_still_routed() 
         (4, "unknown_action"),
     ]
     assert routed.actions == {"click": 1, "purchase": 1}
-    assert sorted(r[SRC_OFFSET] for rs in routed.packs.values() for r in rs) == [0, 5]
+    assert sorted(r.source_offset for rs in routed.packs.values() for r in rs) == [0, 5]
 
 
 def test_a_pack_holds_at_most_pack_max_rows() -> None:
@@ -74,11 +78,9 @@ def test_settings_survive_the_round_trip_through_environment_variables() -> None
         broker_url="kafka://a:1;b:2",
         partitions=7,
         click_batch_latency_s=0.125,
-        sasl_password=Secret("s3cret"),
+        sasl_password=SecretStr("s3cret"),
         topic_prefix="x.",
     )
     back = Settings.from_env(settings.to_env())
-    assert back.sasl_password.get() == "s3cret"
-    assert {k: v for k, v in vars(back).items() if k != "sasl_password"} == {
-        k: v for k, v in vars(settings).items() if k != "sasl_password"
-    }
+    assert back.sasl_password.get_secret_value() == "s3cret"
+    assert back == settings

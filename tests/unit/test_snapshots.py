@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from metaguide.meta import Adapter
-from metaguide.snapshots import (
+from metaguide.meta.maml import Adapter
+from metaguide.meta.snapshots import (
     MANIFEST,
     MODEL_NAME,
     WEIGHTS,
@@ -137,5 +137,6 @@ def test_no_pickle_anywhere_in_the_code() -> None:
     np_load = re.compile(r"np\.load\s*\(")
     for path in sources:
         text = path.read_text()
-        found = banned.search(text) or (path.name != "embeddings.py" and np_load.search(text))
+        cache = path.relative_to(root).as_posix() == "metaguide/embedding/cache.py"
+        found = banned.search(text) or (not cache and np_load.search(text))
         assert not found, f"{path.name}: {found and found.group()}"

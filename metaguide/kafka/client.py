@@ -1,20 +1,16 @@
-"""Produce a data set's events to the topics of any broker (``metaguide replay``)."""
+"""Kafka clients as the worker and the tools use them: security options, group-less
+readers, lag."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import Any
-
-from aiokafka import AIOKafkaProducer
-
-from metaguide.events import encode_json
 
 __all__ = [
     "follow_topic",
     "group_less_consumer",
     "kafka_client_options",
     "lag_of",
-    "produce_events",
     "read_to_end",
 ]
 
@@ -30,45 +26,9 @@ def kafka_client_options(settings: Any) -> dict[str, Any]:
         opts.update(
             sasl_mechanism=settings.sasl_mechanism,
             sasl_plain_username=settings.sasl_username,
-            sasl_plain_password=settings.sasl_password.get(),
+            sasl_plain_password=settings.sasl_password.get_secret_value(),
         )
     return opts
-
-
-async def produce_events(
-    bootstrap: str,
-    topic: str,
-    events: Iterable[dict[str, Any]],
-    *,
-    key_field: str,
-    producer: AIOKafkaProducer | None = None,
-    **client_options: Any,
-) -> int:
-    """Send events (JSON, keyed by ``event[key_field]``), pipelined; returns how many."""
-    own = producer is None
-    if producer is None:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, **client_options)
-        await producer.start()
-    sent = 0
-    try:
-        pending = []
-        for event in events:
-            pending.append(
-                await producer.send(
-                    topic, key=str(event[key_field]).encode(), value=encode_json(event)
-                )
-            )
-            sent += 1
-            if len(pending) >= 1000:
-                for fut in pending:
-                    await fut
-                pending.clear()
-        for fut in pending:
-            await fut
-    finally:
-        if own:
-            await producer.stop()
-    return sent
 
 
 async def read_to_end(bootstrap: str, topic: str, **client_options: Any) -> list[Any]:

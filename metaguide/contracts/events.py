@@ -1,4 +1,4 @@
-"""Event contracts: decoding of incoming events and encoding of outgoing ones.
+"""Input events: decoding and validation of what producers send.
 
 The JSON Schemas in ``schemas/`` are the contract; the decoders here implement them by hand
 (fast enough for the click path, and with a specific reason for every rejection). A test
@@ -7,38 +7,28 @@ checks that both accept and reject the same events.
 
 from __future__ import annotations
 
-import base64
 import json
-import logging
 import math
 import re
-import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import orjson
 
 from metaguide.errors import SchemaViolation
 
-log = logging.getLogger("metaguide.dead_letters")
-
 __all__ = [
     "ACTIONS",
+    "ClickEvent",
+    "ListingEvent",
     "RecommendationRequest",
+    "check_key",
     "check_platform",
     "check_user_id",
+    "decode_click",
+    "decode_listing",
     "decode_recommendation_request",
     "parse_k",
-    "vector_from_b64",
-    "vector_to_b64",
-    "ListingEvent",
-    "ClickEvent",
-    "decode_listing",
-    "decode_click",
-    "classification_record",
-    "dead_letter_record",
-    "encode_json",
 ]
 
 ACTIONS = ("view", "click", "cart", "purchase")
@@ -369,91 +359,3 @@ def check_key(key: bytes | None, expected: str, field: str) -> None:
             "key_mismatch",
             f"message key {key[:80]!r} differs from the payload's {field} {expected[:80]!r}",
         )
-
-
-def classification_record(
-    listing: ListingEvent, top_k: list[tuple[str, float]], model_version: str
-) -> dict[str, Any]:
-    """The output for one unlabelled listing (``schemas/classification.v1.json``)."""
-    return {
-        "schema": "classification.v1",
-        "event_id": listing.event_id,
-        "platform": listing.platform,
-        "item_id": listing.item_id,
-        "top_k": [{"category": c, "score": round(s, 6)} for c, s in top_k],
-        "model_version": model_version,
-        "listing_ts": listing.ts,
-        "ts": time.time(),
-    }
-
-
-def _b64(data: bytes | None) -> str | None:
-    return None if data is None else base64.b64encode(data).decode("ascii")
-
-
-def dead_letter_record(
-    *,
-    source_topic: str,
-    partition: int,
-    offset: int,
-    key: bytes | None,
-    value: bytes | None,
-    reason: str,
-    detail: str,
-) -> dict[str, Any]:
-    """A dead-letter record (``schemas/dead_letter.v1.json``) keeping the original bytes."""
-    return {
-        "schema": "dead_letter.v1",
-        "source_topic": source_topic,
-        "partition": partition,
-        "offset": offset,
-        "key_b64": _b64(key),
-        "value_b64": _b64(value),
-        "reason": reason,
-        "detail": detail[:2000],
-        "ts": time.time(),
-    }
-
-
-def dead_letter_of(message: Any, reason: str, detail: str) -> dict[str, Any]:
-    """The dead-letter record of a consumed Kafka message (anything with topic, partition,
-    offset, key and value), logged as a warning."""
-    log.warning(
-        "dead letter from %s[%s]@%s: %s: %s",
-        message.topic,
-        message.partition,
-        message.offset,
-        reason,
-        detail[:200],
-    )
-    return dead_letter_record(
-        source_topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-        key=message.key,
-        value=message.value,
-        reason=reason,
-        detail=detail,
-    )
-
-
-def vector_to_b64(vec: Any, dtype: type = np.float16) -> str:
-    """A vector as base64 of its raw bytes (fp16 by default), for tables and internal topics."""
-    return base64.b64encode(np.asarray(vec, dtype=dtype).tobytes()).decode("ascii")
-
-
-def vector_from_b64(data: str, dtype: type = np.float16) -> np.ndarray:
-    """Inverse of :func:`vector_to_b64`: a new float32 array."""
-    return np.frombuffer(base64.b64decode(data), dtype=dtype).astype(np.float32)
-
-
-def encode_json(record: dict[str, Any]) -> bytes:
-    """Compact UTF-8 JSON bytes for the wire (orjson: the same bytes as the standard
-    library's compact, non-ASCII-escaping output, 5 to 20 times faster on the click path's
-    packs)."""
-    return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
-
-
-def decode_json(raw: bytes | str) -> Any:
-    """JSON the worker wrote itself (internal packs, table values): read strictly, fast."""
-    return orjson.loads(raw)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from metaguide.events import vector_from_b64, vector_to_b64
+from metaguide.contracts.codec import vector_from_b64, vector_to_b64
 
 __all__ = ["DEFAULT_ACTION_WEIGHTS", "ProfileConfig", "UserProfile", "user_key"]
 

@@ -1,7 +1,7 @@
 """The click router: the click path's first, stateless hop, in a process of its own.
 
 clicks (keyed by user_id) -> decode + validate (bad -> dead letters) -> packs by item
-partition -> ``clicks-by-item`` (workers/clicks.py joins them with the item table).
+partition -> ``clicks-by-item`` (workers/clicks/join.py joins them with the item table).
 
 The hop needs no table, so it needs no Faust: a plain aiokafka consumer in a group of its
 own (``<app_id>-click-router``) reads up to ``click_batch_size`` clicks at a time, and their
@@ -10,12 +10,12 @@ the user agent recognises a redelivered click by its event id).
 
 Why a process: a worker's Python code runs on one core (the GIL), and this hop was a
 quarter of that core's work on a click backlog while the second core had little to do
-(bench/clicks.py). The worker (:class:`RouterProcess`) runs ``python -m workers.router``
+(bench/clicks.py). The worker (:class:`RouterProcess`) runs ``python -m workers.clicks.router``
 and talks to it over pipes, one JSON object a line:
 
 - to the router (stdin): first ``{"settings": <METAGUIDE_* variables>, "consumer": {...},
   "producer": {...}}``, then ``{"fetch_wait_ms": n}`` when the worker's fetch pacing
-  changes (workers/flow.py, 8);
+  changes (workers/corrections/fetch_wait.py);
 - from the router (stdout): after each delivered batch ``{"consumed": n, "actions":
   {action: n}, "dead_letters": {reason: n}}`` (the worker counts them in its metrics), and
   every ``LAG_INTERVAL_S`` ``{"lag": {partition: n}}``.
@@ -27,7 +27,6 @@ it again if it exits on its own (logged, ``metaguide_click_router_restarts_total
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import os
@@ -35,58 +34,34 @@ import signal
 import sys
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from aiokafka.partitioner import murmur2
-
 from metaguide.config import Settings
+from metaguide.contracts.codec import encode_json
+from metaguide.contracts.events import check_key, decode_click
+from metaguide.contracts.internal import PACK_KEY, RoutedClick, chunks, encode_click_pack
+from metaguide.contracts.records import dead_letter_of
 from metaguide.errors import SchemaViolation
-from metaguide.events import check_key, dead_letter_of, decode_click, encode_json
+from metaguide.kafka.partitioner import key_partition
+from workers.corrections.fetch_wait import set_fetch_wait
 
-__all__ = [
-    "PACK_KEY",
-    "PACK_MAX_ROWS",
-    "RouterProcess",
-    "Routed",
-    "chunks",
-    "key_partition",
-    "route",
-]
+__all__ = ["RouterProcess", "Routed", "route"]
 
 log = logging.getLogger("metaguide.router")
 
-PACK_KEY = b"pack"
-# rows of a clicks-by-item pack
-EVENT_ID, PLATFORM, USER_ID, ITEM_ID, ACTION, TS, SRC_PARTITION, SRC_OFFSET, RAW = range(9)
-PACK_MAX_ROWS = 500  # with every item's 384-d fp16 embedding: at most about 0.6 MB of JSON
 LAG_INTERVAL_S = 10.0
 MAX_IN_FLIGHT = 4  # routed batches sent and not yet delivered
 STOP_TIMEOUT_S = 15.0  # for the last batch and the group's leave, then it is killed
 RESTART_BACKOFF_S = (1.0, 30.0)  # first and longest wait before starting it again
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def key_partition(key: bytes, partitions: int) -> int:
-    """Kafka's default partitioner (Java client and aiokafka): murmur2 of the key bytes.
-
-    Cached: aiokafka's murmur2 is pure Python (about 5 us a key), and the click path asks
-    twice per click, mostly for the same users and items."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
-
-
-def chunks(rows: list[list[Any]]) -> Iterator[list[list[Any]]]:
-    """At most PACK_MAX_ROWS rows per pack, so a pack stays under Kafka's 1 MB."""
-    for start in range(0, len(rows), PACK_MAX_ROWS):
-        yield rows[start : start + PACK_MAX_ROWS]
-
-
 @dataclass
 class Routed:
     """A batch of clicks sorted out: packs by item partition, the rest with their reasons."""
 
-    packs: dict[int, list[list[Any]]] = field(default_factory=lambda: defaultdict(list))
+    packs: dict[int, list[RoutedClick]] = field(default_factory=lambda: defaultdict(list))
     actions: Counter[str] = field(default_factory=Counter)
     rejected: list[tuple[Any, str, str]] = field(default_factory=list)  # record, reason, detail
 
@@ -104,7 +79,7 @@ def route(records: list[Any], partitions: int) -> Routed:
             continue
         routed.actions[click.action] += 1
         routed.packs[key_partition(click.item_id.encode(), partitions)].append(
-            [
+            RoutedClick(
                 click.event_id,
                 click.platform,
                 click.user_id,
@@ -114,7 +89,7 @@ def route(records: list[Any], partitions: int) -> Routed:
                 record.partition,
                 record.offset,
                 record.value.decode("utf-8"),  # not None: decode_click rejects that
-            ]
+            )
         )
     return routed
 
@@ -146,7 +121,7 @@ class Router:
     ) -> None:
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-        from metaguide.replay import kafka_client_options
+        from metaguide.kafka.client import kafka_client_options
 
         self.settings = settings
         self.report = report
@@ -166,9 +141,7 @@ class Router:
         self.stopping = asyncio.Event()
 
     def set_fetch_wait(self, wait_ms: int) -> None:
-        fetcher = getattr(self.consumer, "_fetcher", None)
-        if fetcher is not None:
-            fetcher._fetch_max_wait_ms = wait_ms  # read when it builds its next request
+        set_fetch_wait(self.consumer, wait_ms)
 
     async def run(self) -> None:
         await self.producer.start()
@@ -267,14 +240,14 @@ class Router:
                     await self.producer.send(
                         topic,
                         key=PACK_KEY,
-                        value=encode_json({"clicks": chunk}),
+                        value=encode_click_pack(chunk),
                         partition=partition,
                     )
                 )
         return sent
 
     async def _report_lag(self) -> None:
-        from metaguide.replay import lag_of
+        from metaguide.kafka.client import lag_of
 
         try:
             lags = await lag_of(self.consumer, sorted(self.consumer.assignment()))
@@ -316,7 +289,7 @@ async def _serve(stdin: IO[str], out: IO[str]) -> None:
 
 
 def main() -> None:
-    """``python -m workers.router``: the process :class:`RouterProcess` runs."""
+    """``python -m workers.clicks.router``: the process :class:`RouterProcess` runs."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the worker's to handle
     out = os.fdopen(os.dup(sys.stdout.fileno()), "w")  # the reports' own copy of stdout
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # anything else printed: to stderr
@@ -383,7 +356,7 @@ class RouterProcess:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "workers.router",
+            "workers.clicks.router",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metaguide.data import read_csv_gz
+from metaguide.eval.myntra import read_csv_gz
 
 __all__ = [
     "RETAIL_FILE",

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from metaguide.users import ProfileConfig, UserProfile
+from metaguide.recommend.profiles import ProfileConfig, UserProfile
 
 __all__ = [
     "Catalog",

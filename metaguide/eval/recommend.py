@@ -37,8 +37,11 @@ from typing import Any
 
 import numpy as np
 
-from metaguide.melu import MeLU
-from metaguide.recommend import (
+from metaguide.eval.melu import MeLU
+from metaguide.eval.retail import Purchase, RetailData
+from metaguide.eval.stats import mean_ci
+from metaguide.recommend.profiles import UserProfile
+from metaguide.recommend.scoring import (
     Catalog,
     RecommendConfig,
     bump_popularity,
@@ -46,9 +49,6 @@ from metaguide.recommend import (
     popularity_at,
     recommend,
 )
-from metaguide.retail import Purchase, RetailData
-from metaguide.stats import mean_ci
-from metaguide.users import UserProfile
 
 __all__ = [
     "SplitData",

@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 MYNTRA_FILE = "myntra_styles.csv.gz"
-SAMPLE_FILE = Path(__file__).resolve().parent / "samples" / "myntra_sample.csv.gz"
+SAMPLE_FILE = Path(__file__).resolve().parents[1] / "samples" / "myntra_sample.csv.gz"
 
 
 @dataclass(frozen=True, slots=True)

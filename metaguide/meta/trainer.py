@@ -24,9 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from metaguide.classify.prototypes import prototype_key
 from metaguide.config import Settings
-from metaguide.events import vector_from_b64
-from metaguide.meta import (
+from metaguide.contracts.codec import vector_from_b64
+from metaguide.kafka.client import kafka_client_options, read_to_end
+from metaguide.meta.maml import (
     Adapter,
     EpisodeSampler,
     MetaConfig,
@@ -35,9 +37,7 @@ from metaguide.meta import (
     episode_accuracy,
     meta_train,
 )
-from metaguide.prototypes import prototype_key
-from metaguide.replay import kafka_client_options, read_to_end
-from metaguide.snapshots import (
+from metaguide.meta.snapshots import (
     MANIFEST,
     MODEL_NAME,
     FolderStore,

@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from metaguide.data import Listing, load_myntra
-from metaguide.embeddings import embed_cached
-from metaguide.meta import (
+from metaguide.embedding.cache import embed_cached
+from metaguide.eval.myntra import Listing, load_myntra
+from metaguide.eval.stats import mean_ci
+from metaguide.meta.maml import (
     EpisodeSampler,
     MetaConfig,
     Params,
@@ -28,7 +29,6 @@ from metaguide.meta import (
     meta_train,
     proto_loss,
 )
-from metaguide.stats import mean_ci
 
 __all__ = [
     "TitleSet",

@@ -1,4 +1,6 @@
-"""KeepingFlowControl: resuming flow keeps what the stream buffers hold; clear() still clears.
+"""The corrections to Faust, each on its own (workers/corrections/).
+
+KeepingFlowControl: resuming flow keeps what the stream buffers hold; clear() still clears.
 The drain loop's hand-over: run at once when it does not wait, raced against a suspend of flow
 when it does."""
 
@@ -12,7 +14,10 @@ from mode import Service
 from mode.utils.queues import FlowControlQueue
 
 from metaguide.waiting import wait_until
-from workers.flow import App, FetchPacer, KeepingFlowControl, SeekClearingConsumer, set_fetch_wait
+from workers.corrections.app import App
+from workers.corrections.fetch_wait import FetchPacer, set_fetch_wait
+from workers.corrections.flow_control import KeepingFlowControl
+from workers.corrections.handover import DirectHandoverConsumer
 
 
 async def test_resume_keeps_buffered_events_and_clear_drops_them() -> None:
@@ -45,7 +50,7 @@ async def test_a_hand_over_that_does_not_wait_finishes_without_yielding_to_the_l
     async def put(offset: int) -> None:
         delivered.append(offset)  # room in the buffer: nothing to wait for
 
-    step = SeekClearingConsumer._hand_over(_drain_loop_stand_in(), put(7))  # type: ignore[arg-type]
+    step = DirectHandoverConsumer._hand_over(_drain_loop_stand_in(), put(7))  # type: ignore[arg-type]
     with pytest.raises(StopIteration):
         step.send(None)  # done in its first step: no task, no loop turn
     assert delivered == [7]
@@ -61,7 +66,7 @@ async def test_a_hand_over_that_waits_is_driven_to_its_end() -> None:
         delivered.append(await room + offset)
 
     consumer = _drain_loop_stand_in()
-    task = asyncio.ensure_future(SeekClearingConsumer._hand_over(consumer, put(7)))  # type: ignore[arg-type]
+    task = asyncio.ensure_future(DirectHandoverConsumer._hand_over(consumer, put(7)))  # type: ignore[arg-type]
     await asyncio.wait_for(waiting.wait(), 1)
     assert not task.done() and delivered == []
     room.set_result(100)
@@ -83,7 +88,7 @@ async def test_a_waiting_hand_over_is_cancelled_when_flow_is_suspended() -> None
             raise
 
     consumer = _drain_loop_stand_in()
-    task = asyncio.ensure_future(SeekClearingConsumer._hand_over(consumer, put()))  # type: ignore[arg-type]
+    task = asyncio.ensure_future(DirectHandoverConsumer._hand_over(consumer, put()))  # type: ignore[arg-type]
     await asyncio.wait_for(waiting.wait(), 1)
     consumer.suspend_flow.set()  # a rebalance: the event is fetched again after the seek
     await asyncio.wait_for(task, 1)
@@ -100,7 +105,7 @@ async def test_an_error_after_a_wait_reaches_the_drain_loop() -> None:
         raise ValueError("undecodable")
 
     consumer = _drain_loop_stand_in()
-    task = asyncio.ensure_future(SeekClearingConsumer._hand_over(consumer, put()))  # type: ignore[arg-type]
+    task = asyncio.ensure_future(DirectHandoverConsumer._hand_over(consumer, put()))  # type: ignore[arg-type]
     await asyncio.wait_for(waiting.wait(), 1)
     room.set_result(None)
     with pytest.raises(ValueError, match="undecodable"):

@@ -29,7 +29,7 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from metaguide.errors import MetaguideError
-from metaguide.meta import Adapter
+from metaguide.meta.maml import Adapter
 
 __all__ = [
     "BASE_MODEL_VERSION",

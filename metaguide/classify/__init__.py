@@ -1,0 +1,1 @@
+"""Few-shot classification: category prototypes and nearest-prototype scoring."""

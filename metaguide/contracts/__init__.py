@@ -1,0 +1,1 @@
+"""What crosses the wire: input events, output records, internal messages, their codec."""

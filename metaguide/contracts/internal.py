@@ -1,0 +1,133 @@
+"""The worker's internal messages: built and read here only, so both ends agree.
+
+- ``category-updates`` (key ``platform\\x1fcategory``): one labelled listing's base embedding,
+  folded into its prototype by the category's owner, and the trainer's input.
+- ``clicks-by-item`` (key ``pack``, one partition per item partition): validated clicks,
+  packed by the router for the join agent.
+- ``user-updates`` (key ``pack``, one partition per user partition): joined clicks, with each
+  item's embedding once, for the profile agent.
+- the ``items`` table's value: an item's platform, category, base embedding and time.
+
+Packs are lists of rows, not objects: the click path's cost is per message and per field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from metaguide.contracts.codec import decode_json, encode_json, vector_from_b64, vector_to_b64
+
+__all__ = [
+    "PACK_KEY",
+    "PACK_MAX_ROWS",
+    "CategoryUpdate",
+    "JoinedClick",
+    "RoutedClick",
+    "chunks",
+    "decode_click_pack",
+    "decode_user_update_pack",
+    "encode_click_pack",
+    "encode_user_update_pack",
+    "item_record",
+]
+
+PACK_KEY = b"pack"
+PACK_MAX_ROWS = 500  # with every item's 384-d fp16 embedding: at most about 0.6 MB of JSON
+
+
+class CategoryUpdate(NamedTuple):
+    """A labelled listing's base embedding (float32 on the wire: it is summed)."""
+
+    event_id: str
+    platform: str
+    category: str
+    embedding: np.ndarray
+
+    def encode(self) -> bytes:
+        return encode_json(
+            {
+                "event_id": self.event_id,
+                "platform": self.platform,
+                "category": self.category,
+                "emb": vector_to_b64(self.embedding, np.float32),
+            }
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> CategoryUpdate:
+        """Raises ValueError, KeyError or TypeError on a record that is not one."""
+        update = decode_json(raw)
+        return cls(
+            update["event_id"],
+            update["platform"],
+            update["category"],
+            vector_from_b64(update["emb"], np.float32),
+        )
+
+
+class JoinedClick(NamedTuple):
+    """A click joined with its item, on its way to the user's partition."""
+
+    event_id: str
+    platform: str
+    user_id: str
+    item_id: str
+    action: str
+    ts: float
+
+
+class RoutedClick(NamedTuple):
+    """A valid click on its way to its item's partition, with where it was read from and its
+    original bytes (for a dead letter if its item never comes)."""
+
+    event_id: str
+    platform: str
+    user_id: str
+    item_id: str
+    action: str
+    ts: float
+    source_partition: int
+    source_offset: int
+    raw: str
+
+    def joined(self) -> tuple[Any, ...]:
+        """The :class:`JoinedClick` fields, as a plain tuple for the wire."""
+        return tuple(self[:6])
+
+
+def chunks(rows: Sequence[Any]) -> Iterator[Sequence[Any]]:
+    """At most PACK_MAX_ROWS rows per pack, so a pack stays under Kafka's 1 MB."""
+    for start in range(0, len(rows), PACK_MAX_ROWS):
+        yield rows[start : start + PACK_MAX_ROWS]
+
+
+def encode_click_pack(rows: Sequence[RoutedClick | Sequence[Any]]) -> bytes:
+    return encode_json({"clicks": [tuple(row) for row in rows]})
+
+
+def decode_click_pack(raw: bytes | None) -> list[RoutedClick]:
+    """Raises ValueError, KeyError or TypeError on a message that is not a click pack."""
+    return [RoutedClick._make(row) for row in decode_json(raw or b"")["clicks"]]
+
+
+def encode_user_update_pack(
+    rows: Sequence[tuple[Any, ...]], embeddings: Mapping[str, str]
+) -> bytes:
+    """Joined clicks and the base64 fp16 embedding of each of their items, once."""
+    return encode_json({"updates": rows, "embs": {row[3]: embeddings[row[3]] for row in rows}})
+
+
+def decode_user_update_pack(raw: bytes | None) -> tuple[list[JoinedClick], dict[str, str]]:
+    """Raises ValueError, KeyError or TypeError on a message that is not a user-update pack."""
+    pack = decode_json(raw or b"")
+    return [JoinedClick._make(row) for row in pack["updates"]], pack["embs"]
+
+
+def item_record(
+    platform: str, category: str | None, embedding: np.ndarray, ts: float
+) -> dict[str, Any]:
+    """The ``items`` table's value: the base embedding in fp16."""
+    return {"platform": platform, "category": category, "emb": vector_to_b64(embedding), "ts": ts}

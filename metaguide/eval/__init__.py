@@ -1,0 +1,1 @@
+"""Offline evaluation: data sets, few-shot and recommendation evaluations, baselines."""

@@ -1,0 +1,1 @@
+"""Kafka plumbing outside Faust: client options, readers, replay, the embedded broker."""

@@ -1,0 +1,1 @@
+"""Meta-learning: the adapter, episodes, MAML, model snapshots and the training round."""

@@ -1,0 +1,1 @@
+"""Recommendation: per-user preference prototypes and candidate scoring."""

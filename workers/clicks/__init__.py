@@ -1,0 +1,1 @@
+"""The click path: router process, join agent, profile agent, recommendation API."""

@@ -1,0 +1,1 @@
+"""Corrections to Faust and aiokafka internals, one per module (see each docstring)."""
