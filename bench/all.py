@@ -1,4 +1,4 @@
-"""Every benchmark and evaluation in one go, then the README's benchmark block.
+"""Every benchmark and evaluation in one go, then docs/performance.md's benchmark block.
 
     scripts/setup.sh && scripts/bench-setup.sh
     .venv/bin/python bench/all.py [--quick]

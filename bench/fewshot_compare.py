@@ -225,7 +225,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    from report import fewshot_section  # bench/report.py: the README's table, the same rows
+    from report import fewshot_section  # bench/report.py: the docs' table, the same rows
 
     return "\n".join(fewshot_section(result))
 

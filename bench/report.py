@@ -1,10 +1,11 @@
-"""Compose bench/results/*.json into the README's benchmark section (between its markers).
+"""Compose bench/results/*.json into docs/performance.md's benchmark block (between its
+markers).
 
-    python bench/report.py            # rewrite the README block from the JSON files
-    python bench/report.py --check    # exit 1 if the README block differs from the JSON
+    python bench/report.py            # rewrite the block from the JSON files
+    python bench/report.py --check    # exit 1 if the block differs from the JSON
 
 Every figure in that block is printed from a JSON file written by a benchmark run, so the
-README cannot drift from the results (tests/unit/test_report.py runs --check).
+docs cannot drift from the results (tests/unit/test_report.py runs --check).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-README = ROOT / "README.md"
+TARGET = ROOT / "docs" / "performance.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 
@@ -154,9 +155,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args()
-    text = README.read_text()
+    text = TARGET.read_text()
     if BEGIN not in text or END not in text:
-        print(f"README.md has no {BEGIN} ... {END} block", file=sys.stderr)
+        print(f"{TARGET.name} has no {BEGIN} ... {END} block", file=sys.stderr)
         return 1
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
@@ -164,12 +165,13 @@ def main() -> int:
     if args.check:
         if new != text:
             print(
-                "README's benchmark block differs from bench/results: run bench/report.py",
+                "docs/performance.md's benchmark block differs from bench/results: "
+                "run bench/report.py",
                 file=sys.stderr,
             )
             return 1
         return 0
-    README.write_text(new)
+    TARGET.write_text(new)
     return 0
 
 

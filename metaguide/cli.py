@@ -9,11 +9,13 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from metaguide.config import Settings
+from metaguide.errors import MetaguideError
 
 __all__ = ["main"]
 
@@ -245,7 +247,11 @@ def _stderr(line: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metaguide", description=__doc__)
-    parser.add_argument("--log-level", default="warning")
+    parser.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error", "critical"],
+        help="overrides METAGUIDE_LOG_LEVEL (default: warning)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
@@ -307,10 +313,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    return int(args.func(args))
+    try:
+        if args.log_level:
+            os.environ["METAGUIDE_LOG_LEVEL"] = args.log_level  # the worker reads its settings
+        level = Settings.from_env().log_level
+        logging.basicConfig(
+            level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        return int(args.func(args))
+    except MetaguideError as exc:
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            raise
+        print(f"metaguide: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

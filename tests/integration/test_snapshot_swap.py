@@ -75,6 +75,8 @@ def serving(port: int) -> set[str]:
     }
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
 async def test_every_worker_swaps_to_a_published_snapshot_and_refuses_a_tampered_one(
     broker: Any, two_workers: Any, tmp_path: Path
 ) -> None:
@@ -191,6 +193,7 @@ async def test_every_worker_swaps_to_a_published_snapshot_and_refuses_a_tampered
     assert all(serving(p) == {version} for p in ports)
 
 
+@pytest.mark.timeout(600)
 async def test_the_embedded_worker_trains_on_a_timer_from_what_it_learned(
     broker: Any, worker_settings: Any, start_worker: Any
 ) -> None:

@@ -1,4 +1,5 @@
-"""The README's benchmark block is exactly what bench/report.py prints from bench/results."""
+"""docs/performance.md's benchmark block is exactly what bench/report.py prints from
+bench/results."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_readme_benchmark_block_matches_the_results() -> None:
+def test_the_benchmark_block_matches_the_results() -> None:
     run = subprocess.run(
         [sys.executable, "bench/report.py", "--check"], cwd=ROOT, capture_output=True, text=True
     )
