@@ -26,13 +26,12 @@ ENV_PREFIX = "METAGUIDE_"
 @dataclass(frozen=True)
 class EmbeddedProfile:
     """Constants for the embedded broker (Tansu), which holds a JoinGroup for about half the
-    session timeout and every fetch for its whole wait."""
+    session timeout and every fetch for its whole wait; the worker's Faust consumer and its
+    click router use the same group timeouts."""
 
     session_timeout_s: float = 3.0
     heartbeat_interval_s: float = 0.5
     rebalance_timeout_s: float = 3.0
-    # the click router's own group: a process whose loop may be busy routing a batch
-    router_session_timeout_s: float = 6.0
     commit_interval_s: float = 0.5
     producer_linger_s: float = 0.005  # sends share produce requests: each costs the broker
     train_interval_s: float = 600.0  # the in-worker training timer's period

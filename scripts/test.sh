@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
+# the full data sets, where a checkout has them beside it (evaluations and benchmarks read them)
+export METAGUIDE_DATA_DIR="${METAGUIDE_DATA_DIR:-$(cd .. && pwd)/shared/data}"
 .venv/bin/ruff check metaguide workers tests bench
 .venv/bin/ruff format --check metaguide workers tests bench
 .venv/bin/mypy

@@ -271,6 +271,7 @@ def create_worker(
             StrKeys(proto_table), temperature=settings.temperature, refresh_interval_s=0.2
         ),
         prototype_owner=CategoryPrototypes(StrKeys(owner_table), temperature=settings.temperature),
+        replica=proto_table,
     )
     clicks = register_click_path(ctx, items, raw_topic)
     listings.on_item_stored = clicks.item_stored

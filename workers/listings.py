@@ -47,12 +47,14 @@ class ListingPath:
         items: Any,
         prototypes: CategoryPrototypes,
         prototype_owner: CategoryPrototypes,
+        replica: Any,
     ) -> None:
         self.ctx = ctx
         self.batcher = batcher
         self.items = items
         self.prototypes = prototypes  # every worker's replica, for scoring
         self.prototype_owner = prototype_owner  # the sums of the categories this worker owns
+        self.replica = replica  # the GlobalTable behind ``prototypes``
         self.on_item_stored: ItemStored | None = None
         self._items_changelog = items.changelog_topic.get_topic_name()
         self._metric_children: dict[tuple[str, str], tuple[Any, Any]] = {}
@@ -147,8 +149,14 @@ class ListingPath:
                 )
         await stream.ack(event)
 
-    def apply_category_update(self, raw: bytes) -> None:
-        """Fold one labelled embedding into its prototype (idempotent by event id)."""
+    def apply_category_update(self, raw: bytes, partition: int) -> None:
+        """Fold one labelled embedding into its prototype (idempotent by event id), then
+        publish the new state to every worker's replica through the replica's changelog.
+
+        The owner's own replica is updated from that changelog too, like every other
+        worker's: written locally as well, it went back to an older state for a moment
+        whenever the echo of an earlier write arrived after a later one.
+        """
         update = CategoryUpdate.decode(raw)
         count = self.prototype_owner.update_one(
             update.platform, update.category, update.embedding, event_id=update.event_id
@@ -158,9 +166,7 @@ class ListingPath:
             metrics.duplicates_skipped.labels(self.ctx.topic_name("category_updates")).inc()
             return
         key = prototype_key(update.platform, update.category)
-        # publish the owner's state to the global replica that every worker reads
-        self.prototypes.store[key] = self.prototype_owner.store[key]
-        self.prototypes.invalidate()
+        self.replica.send_changelog(partition, key.encode(), self.prototype_owner.store[key])
         metrics.prototype_updates.inc()
 
 
@@ -196,6 +202,6 @@ def register_listing_path(ctx: WorkerContext, path: ListingPath, tasks: set[Any]
     async def category_updates_agent(stream: StreamT) -> None:
         async for event in stream.events():
             try:
-                path.apply_category_update(event.value)
+                path.apply_category_update(event.value, event.message.partition)
             except Exception as exc:
                 await ctx.dead_letter(event.message, "bad_category_update", repr(exc))

