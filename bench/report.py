@@ -59,7 +59,7 @@ def fewshot_section(r: dict[str, Any]) -> list[str]:
         f"{c['metaguide_maml_meta_training_once']:.0f} s; SetFit trained "
         f"{c['setfit_all_episodes']:.0f} s over all its episodes.",
         "",
-        "![few-shot accuracy](bench/results/fewshot_compare.png)",
+        "![few-shot accuracy](../bench/results/fewshot_compare.png)",
     ]
     return lines
 
@@ -132,7 +132,7 @@ def scale_section(r: dict[str, Any]) -> list[str]:
         f"{items['items']:,} items); one recommendation takes {items['recommend_ms_p50']} ms "
         "at that size (the candidate set is capped).",
         "",
-        "![memory and scoring cost against scale](bench/results/scale.png)",
+        "![memory and scoring cost against scale](../bench/results/scale.png)",
     ]
 
 

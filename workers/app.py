@@ -30,7 +30,7 @@ from workers.corrections.producer import track_topics
 from workers.listings import ListingPath, register_listing_path
 from workers.ops import readiness, register_ops
 from workers.snapshots import register_snapshots
-from workers.tables import StrKeys
+from workers.tables import StrKeys, global_table, table
 
 __all__ = ["Worker", "create_worker", "faust_settings"]
 
@@ -225,35 +225,25 @@ def create_worker(
             internal=True,
         ),
     )
-    # bytes keys use the raw serializer, like the topics: the partitioner then hashes the
-    # same bytes for a table key and for the message key (str keys would be JSON-encoded)
-    items = app.Table(
-        "items",
-        key_type=bytes,
-        value_type=None,
-        partitions=settings.partitions,
-        help="item_id -> base embedding (fp16, base64), platform, category",
+    partitions = settings.partitions
+    items = table(
+        app, "items", partitions, "item_id -> base embedding (fp16, base64), platform, category"
     )
     # The running sums are read-modify-written by the worker that owns the category's
     # partition of category-updates; a GlobalTable cannot be that table (each worker also
-    # consumes its own global changelog, and an older echo would overwrite a newer sum), so
-    # the owner keeps them in a partitioned table and copies each new state to the replica.
-    owner_table = app.Table(
+    # consumes its own global changelog), so the owner keeps them in a partitioned table and
+    # publishes each new state to the replica every worker scores from.
+    owner_table = table(
+        app,
         "category-sums",
-        key_type=bytes,
-        value_type=None,
-        partitions=settings.partitions,
-        help="platform/category -> running sum, count, recent event ids (owner's copy)",
+        partitions,
+        "platform/category -> running sum, count, recent event ids (owner's copy)",
     )
-    proto_table = app.GlobalTable(
+    proto_table = global_table(
+        app,
         "category-prototypes",
-        key_type=bytes,
-        value_type=None,
-        # applied one record at a time: with Faust's default buffer of 1000, replicas lag
-        # far behind. Not use_partitioner: it needs producer metadata that aiokafka drops.
-        partitions=settings.partitions,
-        recovery_buffer_size=1,
-        help="platform/category -> running sum and count of base embeddings",
+        partitions,
+        "platform/category -> running sum and count of base embeddings",
     )
     batcher = MicroBatcher(
         encoder.embed_many,

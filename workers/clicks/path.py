@@ -33,6 +33,7 @@ from workers.clicks.router import RouterProcess
 from workers.clicks.summaries import Summaries
 from workers.context import WorkerContext
 from workers.corrections.fetch_wait import EMBEDDED_FETCH_MAX_WAIT_MS
+from workers.tables import global_table, table
 
 __all__ = ["ClickPath", "recommend_config", "register_click_path"]
 
@@ -129,25 +130,19 @@ def register_click_path(ctx: WorkerContext, items: Any, raw_topic: Callable[...,
         recommendations=raw_topic("recommendations"),
     )
 
-    def table(name: str, help: str, value_type: Any = None) -> Any:
-        return app.Table(
-            name, key_type=bytes, value_type=value_type, partitions=settings.partitions, help=help
-        )
-
+    partitions = settings.partitions
+    about = "kind/platform/partition -> item popularity or purchases"
     summaries = Summaries(
-        owned=table("summaries", "kind/platform/partition -> item popularity or purchases"),
-        replica=app.GlobalTable(
-            "platform-summaries",
-            key_type=bytes,
-            value_type=None,
-            partitions=settings.partitions,
-            recovery_buffer_size=1,
-            help="kind/platform/partition -> item popularity or purchases",
-        ),
+        owned=table(app, "summaries", partitions, about),
+        replica=global_table(app, "platform-summaries", partitions, about),
     )
     config = recommend_config(settings)
     users = table(
-        "users", "platform/user_id -> preference prototypes, recent ids, bought", value_type=bytes
+        app,
+        "users",
+        partitions,
+        "platform/user_id -> preference prototypes, recent ids, bought",
+        value_type=bytes,
     )
     profiles = UserProfiles(ctx, users, summaries, config)
     catalog: dict[bytes, Any] = {}
