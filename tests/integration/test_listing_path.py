@@ -154,7 +154,8 @@ async def test_tables_are_recovered_after_a_restart(
     consumed = again.metrics.value(again.metrics.events_consumed, topic=settings.topic("listings"))
     assert consumed == 0
     # and once recovered it no longer fetches its active tables' changelogs, nor the
-    # assignor's leader topic (workers/corrections/fetch_only_read.py); global tables and streams it still does
+    # assignor's leader topic (workers/corrections/fetch_only_read.py); global tables and
+    # streams it still does
     fetcher = again.app.consumer._thread._consumer  # aiokafka's consumer, in Faust's thread
     app_id = settings.app_id
     tables = ("items", "category-sums", "users", "summaries")
