@@ -44,6 +44,9 @@ _PLATFORM_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # control characters: none at all in ids (they become table keys); tab and newlines in text
 _ID_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# a lone UTF-16 surrogate (JSON lets "\ud800" through): no UTF-8 form, no key, no tokens
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+_ID_BAD = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")  # the click check's one pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +131,9 @@ def _string(
         raise SchemaViolation(
             "too_long", f"field {name!r} has {len(value)} characters, the limit is {max_chars}"
         )
+    _check_unicode(name, value)
+    if text and min_chars and not value.strip():
+        raise SchemaViolation("empty_field", f"field {name!r} is only whitespace")
     bad = (_TEXT_CONTROL if text else _ID_CONTROL).search(value)
     if bad:
         raise SchemaViolation(
@@ -135,6 +141,15 @@ def _string(
             f"field {name!r} holds control character U+{ord(bad.group()):04X} at {bad.start()}",
         )
     return value
+
+
+def _check_unicode(name: str, value: str) -> None:
+    bad = _SURROGATE.search(value)
+    if bad:
+        raise SchemaViolation(
+            "invalid_unicode",
+            f"field {name!r} holds an unpaired surrogate U+{ord(bad.group()):04X} at {bad.start()}",
+        )
 
 
 def _number(obj: dict[str, Any], name: str) -> float:
@@ -202,6 +217,7 @@ def decode_listing(raw: bytes | str | None) -> ListingEvent:
                 )
             if len(value) > MAX_ATTRIBUTE_CHARS:
                 raise SchemaViolation("too_long", f"attribute {key[:40]!r} is too long")
+            _check_unicode(f"attributes.{key[:40]}", key + value)
             if _TEXT_CONTROL.search(value):
                 raise SchemaViolation(
                     "control_characters", f"attribute {key[:40]!r} holds a control character"
@@ -249,7 +265,7 @@ def _valid_click(obj: dict[str, Any]) -> ClickEvent | None:
         and 0 < len(event_id) <= MAX_ID_CHARS
         and 0 < len(user_id) <= MAX_ID_CHARS
         and 0 < len(item_id) <= MAX_ID_CHARS
-        and not _ID_CONTROL.search(event_id + user_id + item_id)
+        and not _ID_BAD.search(event_id + user_id + item_id)
         and type(platform) is str
         and (platform in _VALID_PLATFORMS or _valid_platform(platform))
         and action in ACTIONS

@@ -5,16 +5,16 @@ when it holds ``max_batch_size`` texts or when its oldest text has waited ``max_
 then runs the model in a worker thread so the event loop (Kafka polling, heartbeats) never
 waits on it. Up to ``concurrency`` batches are in the model at once (one thread each: on a
 CPU, two single-threaded model calls side by side get more done than one call on two
-threads); while they run, new texts queue up for the next batch. A model error is set on
-the futures of exactly the callers in that batch.
+threads); while they run, new texts queue up for the next batch. When the model fails on a
+batch, the batch is split until the failing texts are found: only their callers get the
+error, every other text of the batch its vector.
 
 Given a ``length`` (a text's token count), a batch cut from a queue longer than a batch
 takes texts of about the same length together (:func:`pick_batch`): the model pads every
 text of a batch to the longest one, so batches in arrival order spend much of their work
-on padding (Myntra titles, batches of 32: 34,720 tokens for 21,337 real ones; grouped
-within a window of 256, 22,944, and the encoder embeds 40-50% more titles per second).
-The oldest text is in every batch cut, so the queue still moves in arrival order, and
-nothing is reordered while the queue holds no more than a batch.
+on padding (docs/performance.md). The oldest text is in every batch cut, so the queue
+still moves in arrival order, and nothing is reordered while the queue holds no more than a
+batch.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ class BatchStats:
     max_batch: int = 0
     tokens: int = 0  # with a length: the texts' own tokens
     padded_tokens: int = 0  # and what the model ran: each batch padded to its longest text
+    splits: int = 0  # batches the model failed on, tried again in halves
     sizes: list[int] = field(default_factory=list)
 
 
@@ -192,28 +193,27 @@ class MicroBatcher:
         self._wakeup.set()  # a slot is free
 
     async def _call(self, batch: list[_Pending]) -> None:
-        """One model call for one batch; its results or its error go to its callers."""
+        """One model call for one batch; its vectors go to its callers. A batch the model
+        fails on is split until the texts it fails on are found: only their callers get
+        the error."""
         fill_s = time.monotonic() - batch[0].enqueued
         started = time.perf_counter()
         try:
-            vectors = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._embed_many, [p.text for p in batch]
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._embed_or_split, [p.text for p in batch]
             )
-            if len(vectors) != len(batch):
-                raise RuntimeError(f"model returned {len(vectors)} vectors for {len(batch)} texts")
         except asyncio.CancelledError:
             for p in batch:
                 p.future.cancel()
             raise
-        except Exception as exc:  # the callers of this batch get the error, the runner goes on
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(exc)
-            return
         model_s = time.perf_counter() - started
-        for p, vector in zip(batch, vectors, strict=True):
-            if not p.future.done():
-                p.future.set_result(vector)
+        for p, result in zip(batch, results, strict=True):
+            if p.future.done():
+                continue
+            if isinstance(result, BaseException):
+                p.future.set_exception(result)
+            else:
+                p.future.set_result(result)
         self.stats.batches += 1
         self.stats.items += len(batch)
         self.stats.max_batch = max(self.stats.max_batch, len(batch))
@@ -225,6 +225,21 @@ class MicroBatcher:
             self.stats.sizes.append(len(batch))
         if self._on_batch is not None:
             self._on_batch(len(batch), fill_s, model_s)
+
+    def _embed_or_split(self, texts: list[str]) -> list[np.ndarray | Exception]:
+        """The model's vectors for ``texts``, in a worker thread; when the model fails on
+        the batch, each half is tried on its own, down to the texts that fail alone."""
+        try:
+            vectors = self._embed_many(texts)
+            if len(vectors) != len(texts):
+                raise RuntimeError(f"model returned {len(vectors)} vectors for {len(texts)} texts")
+            return list(vectors)
+        except Exception as exc:
+            if len(texts) == 1:
+                return [exc]
+            self.stats.splits += 1
+            half = len(texts) // 2
+            return self._embed_or_split(texts[:half]) + self._embed_or_split(texts[half:])
 
 
 class TickBatcher(Generic[K, R]):

@@ -70,14 +70,16 @@ async def test_no_text_waits_longer_than_the_budget_plus_one_model_call() -> Non
     await batcher.close()
 
 
-async def test_a_model_error_reaches_exactly_the_callers_of_that_batch() -> None:
+async def test_a_model_error_reaches_exactly_the_callers_of_the_text_it_fails_on() -> None:
     model = RecordingModel(fail_on="t-3")
-    batcher = MicroBatcher(model, max_batch_size=4, max_latency_s=1.0)
+    batcher = MicroBatcher(model, max_batch_size=8, max_latency_s=1.0)
     results = await asyncio.gather(
         *(batcher.embed_one(f"t-{i}") for i in range(8)), return_exceptions=True
     )
-    assert all(isinstance(r, RuntimeError) for r in results[:4])
-    assert [float(r[0]) for r in results[4:]] == [4.0, 5.0, 6.0, 7.0]  # type: ignore[index]
+    assert isinstance(results[3], RuntimeError)  # the poisoned text alone
+    others = [float(r[0]) for i, r in enumerate(results) if i != 3]  # type: ignore[index]
+    assert others == [0.0, 1.0, 2.0, 4.0, 5.0, 6.0, 7.0]
+    assert batcher.stats.splits == 3  # 8 -> 4 -> 2 -> 1: a split per level that failed
     # and the batcher keeps serving
     assert float((await batcher.embed_one("t-9"))[0]) == 9.0
     await batcher.close()

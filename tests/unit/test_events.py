@@ -68,6 +68,11 @@ def test_valid_listing_decodes() -> None:
         (json.dumps({**LISTING, "title": "Shirt\u0000"}), "control_characters"),
         (json.dumps({**LISTING, "item_id": "a\tb"}), "control_characters"),
         (json.dumps({**LISTING, "attributes": {"c": "\u001b[31m"}}), "control_characters"),
+        (json.dumps({**LISTING, "title": "toy \ud800 car"}), "invalid_unicode"),
+        (json.dumps({**LISTING, "item_id": "i\udfff"}), "invalid_unicode"),
+        (json.dumps({**LISTING, "attributes": {"c\ud800": "red"}}), "invalid_unicode"),
+        (json.dumps({**LISTING, "title": " \t\n "}), "empty_field"),
+        (json.dumps({**LISTING, "category": "   "}), "empty_field"),
     ],
 )
 def test_bad_listing_gets_a_specific_reason(raw: Any, reason: str) -> None:
@@ -112,6 +117,8 @@ _values = st.one_of(
     st.integers(-(2**40), 2**40),
     st.floats(allow_nan=False, allow_infinity=False),
     st.text(max_size=30),
+    # what the tokenizer cannot take: lone surrogates (JSON escapes them), only whitespace
+    st.sampled_from([" ", "\t\n ", "toy \ud800 car", "\udc00", " a ", "\u00a0"]),
     st.lists(st.integers(), max_size=2),
     st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=2),
 )

@@ -54,6 +54,7 @@ def test_bad_clicks_are_set_aside_with_their_reason_and_the_rest_still_routed() 
         record(3, None, b"u1"),
         record(4, click(4, action="stare"), b"u1"),
         record(5, click(5, action="purchase"), b"u1"),
+        record(6, {**click(6), "item_id": "item-\ud800"}, b"u1"),  # no UTF-8 form: no key
     ]
     routed = route(records, partitions=4)
     assert [(r.offset, reason) for r, reason, _ in routed.rejected] == [
@@ -61,6 +62,7 @@ def test_bad_clicks_are_set_aside_with_their_reason_and_the_rest_still_routed() 
         (2, "key_mismatch"),
         (3, "empty_value"),
         (4, "unknown_action"),
+        (6, "invalid_unicode"),
     ]
     assert routed.actions == {"click": 1, "purchase": 1}
     assert sorted(r.source_offset for rs in routed.packs.values() for r in rs) == [0, 5]
