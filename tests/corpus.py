@@ -88,6 +88,14 @@ def _mutate(
     elif kind == "control_characters":
         field = "title" if "title" in base else "item_id"
         event[field] = f"{event[field]}{chr(rng.choice([0, 1, 7, 27, 127]))}"
+    elif kind == "invalid_unicode":  # a lone surrogate: JSON escapes it, UTF-8 cannot hold it
+        field = "title" if "title" in base else "item_id"
+        surrogate = chr(rng.randint(0xD800, 0xDFFF))
+        event[field] = f"{event[field][:3]}{surrogate}{event[field][3:]}"
+        return event, "invalid_unicode", key
+    elif kind == "blank_title":
+        event["title"] = rng.choice([" ", "\t", " \n ", "\u00a0\u2003", "   \r\n"])
+        return event, "empty_field", key
     elif kind == "negative_price":
         event["price"] = -rng.random() * 100 - 0.01
         return event, "out_of_range", key
@@ -133,13 +141,14 @@ COMMON_KINDS = [
     "empty_field",
     "too_long",
     "control_characters",
+    "invalid_unicode",
     "ts_out_of_range",
     "bad_platform",
     "key_mismatch",
     "wrong_schema",
     "tombstone",
 ]
-LISTING_KINDS = [*COMMON_KINDS, "negative_price", "nan_price"]
+LISTING_KINDS = [*COMMON_KINDS, "negative_price", "nan_price", "blank_title"]
 CLICK_KINDS = [*COMMON_KINDS, "unknown_action"]
 
 

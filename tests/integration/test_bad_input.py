@@ -134,3 +134,76 @@ async def test_malformed_events_are_dead_lettered_with_their_reason_and_valid_on
         f"{len(listings)} valid listings and {len(clicks)} valid clicks: all dead-lettered "
         f"with their reason, all valid ones processed, in {elapsed:.1f}s"
     )
+
+
+class _PoisonableModel:
+    """A stand-in model for one property: it fails any batch holding a text with POISON in
+    it (as a tokenizer fails on input it cannot take); other texts get a vector by their
+    first word, so "alpha ..." and "beta ..." form two categories."""
+
+    model_id = "stand-in"
+    dim = 4
+    streams = 1
+
+    def embed_many(self, texts: list[str]) -> Any:
+        import numpy as np
+
+        if any("POISON" in text for text in texts):
+            raise TypeError("TextEncodeInput must be Union[TextInputSequence, ...]")
+        rows = [[1.0, 0, 0, 0] if text.startswith("alpha") else [0, 1.0, 0, 0] for text in texts]
+        return np.array(rows, dtype=np.float32)
+
+
+async def test_one_poisoned_title_in_a_batch_dead_letters_that_title_only(
+    broker: Any, worker_settings: Any
+) -> None:
+    from metaguide.kafka.replay import produce_events
+    from workers.app import create_worker
+
+    # one long latency budget: every listing of the burst shares one micro-batch
+    settings = worker_settings(max_batch_size=64, max_latency_s=0.5)
+    worker = create_worker(settings, encoder=_PoisonableModel())
+    await worker.start()
+    try:
+        now = time.time()
+
+        def listing(n: int, title: str, category: str | None = None) -> dict[str, Any]:
+            event = {"event_id": f"p{n}", "platform": "shop", "item_id": f"i{n}"}
+            event |= {"title": title, "ts": now}
+            return event if category is None else {**event, "category": category}
+
+        labelled = [listing(0, "alpha seed", "A"), listing(1, "beta seed", "B")]
+        await produce_events(
+            broker.bootstrap, settings.topic("listings"), labelled, key_field="item_id"
+        )
+        await wait_until(
+            lambda: sum(worker.prototypes.categories().values()) == 2, 60, "two prototypes"
+        )
+        burst = [listing(n, f"{'alpha' if n % 2 else 'beta'} item {n}") for n in range(2, 22)]
+        burst[7]["title"] = "alpha POISON item"
+        burst[12]["title"] = "toy \ud800 car"  # rejected before the model: invalid_unicode
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=20)
+        await producer.start()
+        try:  # json.dumps: a lone surrogate has a JSON escape but no UTF-8 form
+            for event in burst:
+                await producer.send(
+                    settings.topic("listings"),
+                    key=event["item_id"].encode(),
+                    value=json.dumps(event).encode(),
+                )
+        finally:
+            await producer.stop()
+        out = await read_topic(broker.bootstrap, settings.topic("classifications"), 18)
+        letters = await read_topic(broker.bootstrap, settings.topic("dead-letters"), 2)
+        valid = {e["item_id"] for i, e in enumerate(burst) if i not in (7, 12)}
+        assert {r["item_id"] for r in out} == valid
+        for record in out:
+            expected = "A" if record["item_id"] in {f"i{n}" for n in range(3, 22, 2)} else "B"
+            assert record["top_k"][0]["category"] == expected
+        reasons = {
+            json.loads(base64.b64decode(d["value_b64"]))["item_id"]: d["reason"] for d in letters
+        }
+        assert reasons == {burst[7]["item_id"]: "encoder_error", "i14": "invalid_unicode"}
+        assert worker.batcher.stats.splits >= 1  # the poisoned batch held valid titles too
+    finally:
+        await worker.stop()
