@@ -11,7 +11,7 @@ import asyncio
 import logging
 import ssl
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import faust
@@ -106,7 +106,11 @@ class Worker:
     batcher: MicroBatcher
     listings: ListingPath
     clicks: ClickPath
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)  # listings in flight
+
+    @property
+    def tasks(self) -> set[asyncio.Task[None]]:
+        """The listing batches in flight."""
+        return self.listings.tasks
 
     @property
     def settings(self) -> Settings:
@@ -264,9 +268,9 @@ def create_worker(
         replica=proto_table,
     )
     clicks = register_click_path(ctx, items, raw_topic)
-    listings.on_item_stored = clicks.item_stored
+    listings.on_items_stored = clicks.items_stored
     worker = Worker(ctx, encoder, batcher, listings, clicks)
-    register_listing_path(ctx, listings, worker.tasks)
+    register_listing_path(ctx, listings)
     register_snapshots(ctx, encoder, ctx.topics["snapshots"])
     register_ops(ctx, clicks.router_lag)
     if embedded:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,17 @@ class WorkerContext:
     ) -> None:
         """Send one record straight through aiokafka (Faust flushes it before each commit)."""
         await aiokafka_producer(self.app).send(topic, value=value, key=key, partition=partition)
+
+    async def produce_many(
+        self, topic: str, partition: int, records: Sequence[tuple[bytes, bytes]]
+    ) -> None:
+        """Send records to one partition (its number given: no partitioner per record).
+
+        Not aiokafka's ``send_batch``: it waits for the partition's previous batch to be
+        drained, one broker round trip per call, where ``send`` joins the open batch."""
+        send = aiokafka_producer(self.app).send
+        for key, value in records:
+            await send(topic, value=value, key=key, partition=partition)
 
     async def dead_letter(self, message: Any, reason: str, detail: str) -> None:
         """Send a consumed message that cannot be processed to the dead-letter topic."""

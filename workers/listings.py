@@ -1,10 +1,14 @@
 """The listing path: listings -> embedding -> items table -> prototypes or a classification.
 
-``listings`` (keyed by item id): decode and validate (bad ones to dead letters), embed in the
-micro-batcher, store the item; a labelled listing goes to ``category-updates`` (keyed by
-platform/category, so one owner folds each prototype), an unlabelled one is classified
-against the prototypes (one matrix product per micro-batch and platform) and its
-classification goes to ``classifications``.
+Its unit of work is a batch: what one fetch brings of a ``listings`` partition (keyed by item
+id) is handed over in one call (``App.handle_in_batches``, no Faust stream): decoded and
+validated (bad ones to dead letters), its texts queued in the micro-batcher at once, its
+items stored, its labelled listings sent to ``category-updates`` (keyed by platform/category,
+so one owner folds each prototype) and its unlabelled ones classified, one matrix product
+per platform and snapshot, their classifications sent as record batches per partition. The
+batch's offsets are acked once its outputs are sent (Faust flushes them before it commits).
+Batches of one partition are applied in their offset order, so a re-listing is never
+overwritten by an older version.
 """
 
 from __future__ import annotations
@@ -13,32 +17,56 @@ import asyncio
 import functools
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
-from faust.types import EventT, StreamT
+from faust.types import StreamT
 
 from metaguide.classify.prototypes import CategoryPrototypes, prototype_key
 from metaguide.contracts.codec import encode_json
 from metaguide.contracts.events import ListingEvent, check_key, decode_listing
 from metaguide.contracts.internal import CategoryUpdate, item_record
 from metaguide.contracts.records import classification_record
-from metaguide.embedding.batching import MicroBatcher, TickBatcher
+from metaguide.embedding.batching import MicroBatcher
 from metaguide.errors import SchemaViolation
-from metaguide.meta.snapshots import BASE_MODEL_VERSION, Snapshot
+from metaguide.kafka.partitioner import key_partition
+from metaguide.meta.snapshots import BASE_MODEL_VERSION
 from workers.context import WorkerContext
 
-__all__ = ["ListingPath", "register_listing_path"]
+__all__ = ["InFlight", "ListingPath", "register_listing_path"]
 
 log = logging.getLogger("metaguide.listings")
 
-# the listing's item was stored: (item id, the items table's value, partition)
-ItemStored = Callable[[str, dict[str, Any], int], Awaitable[None]]
+# listings stored: (partition, [(item id, the items table's value)])
+ItemsStored = Callable[[int, list[tuple[str, dict[str, Any]]]], Awaitable[None]]
+Records = list[tuple[bytes, bytes]]
+
+
+class InFlight:
+    """At most ``limit`` listings between the consumer and their outputs: a batch (of at
+    most ``limit``) waits for room for all of it. One caller acquires at a time: the
+    consumer's drain loop."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+        self._room = asyncio.Event()
+
+    async def acquire(self, n: int) -> None:
+        while self.count + n > self.limit and self.count:
+            self._room.clear()
+            await self._room.wait()
+        self.count += n
+
+    def release(self, n: int) -> None:
+        self.count -= n
+        self._room.set()
 
 
 class ListingPath:
-    """Embeds, stores, and learns from or classifies listings."""
+    """Embeds, stores, and learns from or classifies batches of listings."""
 
     def __init__(
         self,
@@ -55,27 +83,145 @@ class ListingPath:
         self.prototypes = prototypes  # every worker's replica, for scoring
         self.prototype_owner = prototype_owner  # the sums of the categories this worker owns
         self.replica = replica  # the GlobalTable behind ``prototypes``
-        self.on_item_stored: ItemStored | None = None
+        self.on_items_stored: ItemsStored | None = None
+        self.in_flight = InFlight(ctx.settings.max_in_flight)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._last: dict[Any, asyncio.Task[None]] = {}  # by partition: its latest batch
         self._items_changelog = items.changelog_topic.get_topic_name()
         self._metric_children: dict[tuple[str, str], tuple[Any, Any]] = {}
-        # the listings of one micro-batch are classified together, by platform and snapshot
-        # (keyed by the snapshot's identity: the requests hold it, so it stays alive)
-        self._classifier: TickBatcher[tuple[str, int], list[tuple[str, float]]]
-        self._classifier = TickBatcher(self._classify_many)
 
-    def _classify_many(
-        self, key: tuple[str, int], requests: list[tuple[np.ndarray, Snapshot | None]]
-    ) -> list[list[tuple[str, float]]]:
-        platform, snapshot = key[0], requests[0][1]
-        transform = None if snapshot is None else snapshot.adapter_for(platform).apply
-        vectors = np.stack([vector for vector, _ in requests])
-        return self.prototypes.nearest_many(platform, vectors, self.ctx.settings.top_k, transform)
+    async def on_batch(self, tp: Any, messages: list[Any]) -> None:
+        """What one fetch brought of a listings partition: tracked as Faust's streams track
+        events, then processed in a task of its own once there is room in flight."""
+        app = self.ctx.app
+        generation = app.consumer_generation_id
+        messages = [m for m in messages if m.generation_id == generation]  # else: refetched
+        if not messages:
+            return
+        consumer = app.consumer
+        for message in messages:
+            consumer.track_message(message)
+        self.ctx.metrics.events_consumed.labels(tp.topic).inc(len(messages))
+        # chunks of a quarter of the limit: several in flight, so one is embedded while
+        # another is stored and classified
+        step = max(1, self.in_flight.limit // 4)
+        for start in range(0, len(messages), step):
+            chunk = messages[start : start + step]
+            await self.in_flight.acquire(len(chunk))
+            task = asyncio.ensure_future(self.process(tp, chunk, self._last.get(tp)))
+            self._last[tp] = task
+            self.tasks.add(task)
+            task.add_done_callback(functools.partial(self._finished, tp, len(chunk)))
 
-    async def write_item(self, key: bytes, item: dict[str, Any], partition: int) -> None:
-        """Set an item in the items table and changelog it in ``partition`` (the listing's),
-        the record sent straight through aiokafka like the table's own write would be."""
-        self.items.data[key] = item
-        await self.ctx.produce(self._items_changelog, key, encode_json(item), partition)
+    def _finished(self, tp: Any, n: int, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if self._last.get(tp) is task:
+            del self._last[tp]
+        self.in_flight.release(n)
+
+    async def process(
+        self, tp: Any, messages: list[Any], after: asyncio.Task[None] | None = None
+    ) -> None:
+        """Decode, embed, store, classify and ack one batch of a partition, once ``after``
+        (the partition's batch before it) is done; every failure ends on dead letters."""
+        ctx = self.ctx
+        valid: list[tuple[Any, ListingEvent]] = []
+        for message in messages:
+            try:
+                listing = decode_listing(message.value)
+                check_key(message.key, listing.item_id, "item_id")
+            except SchemaViolation as exc:
+                await ctx.dead_letter(message, exc.reason, exc.detail)
+            else:
+                valid.append((message, listing))
+        vectors = self.batcher.submit_many([listing.text for _, listing in valid])
+        try:
+            if vectors:
+                await asyncio.wait(vectors)
+            if after is not None:
+                await asyncio.wait([after])
+            await self._apply(tp.partition, valid, vectors)
+        except asyncio.CancelledError:
+            raise  # shutting down: not acked, so it is redelivered after the restart
+        except Exception as exc:
+            log.exception("a batch of %d listings of %s failed", len(messages), tp)
+            detail = f"{type(exc).__name__}: {exc}"
+            for message, _ in valid:
+                await ctx.dead_letter(message, "processing_error", detail)
+        consumer = ctx.app.consumer
+        for message in messages:
+            consumer.ack(message)
+
+    async def _apply(
+        self,
+        partition: int,
+        valid: list[tuple[Any, ListingEvent]],
+        vectors: list[asyncio.Future[np.ndarray]],
+    ) -> None:
+        """Store the batch's items in order, then send its category updates and its
+        classifications, as record batches per partition."""
+        ctx = self.ctx
+        partitions = ctx.settings.partitions
+        store = self.items.data
+        changelog: Records = []
+        stored: list[tuple[str, dict[str, Any]]] = []
+        updates: dict[int, Records] = defaultdict(list)
+        unlabelled: dict[str, list[tuple[ListingEvent, np.ndarray, str]]] = defaultdict(list)
+        for (message, listing), future in zip(valid, vectors, strict=True):
+            error = future.exception()
+            if error is not None:  # the model failed on this text alone
+                detail = f"{type(error).__name__}: {error}"
+                await ctx.dead_letter(message, "encoder_error", detail)
+                continue
+            vector = future.result()
+            item = item_record(listing.platform, listing.category, vector, listing.ts)
+            key = listing.item_id.encode()
+            store[key] = item
+            changelog.append((key, encode_json(item)))
+            stored.append((listing.item_id, item))
+            platform, category = listing.platform, listing.category
+            if category is not None:
+                update = CategoryUpdate(listing.event_id, platform, category, vector)
+                pkey = prototype_key(platform, category).encode()
+                updates[key_partition(pkey, partitions)].append((pkey, update.encode()))
+            else:
+                unlabelled[platform].append((listing, vector, message.topic))
+        if changelog:
+            await ctx.produce_many(self._items_changelog, partition, changelog)
+        if stored and self.on_items_stored is not None:
+            await self.on_items_stored(partition, stored)
+        topic = ctx.topic_name("category_updates")
+        for target, records in updates.items():
+            await ctx.produce_many(topic, target, records)
+        if unlabelled:
+            await self._classify(unlabelled)
+
+    async def _classify(
+        self, by_platform: dict[str, list[tuple[ListingEvent, np.ndarray, str]]]
+    ) -> None:
+        """One matrix product per platform, with the snapshot serving now (read once: each
+        classification names the snapshot that scored it)."""
+        ctx = self.ctx
+        snapshot = ctx.snapshot
+        version = BASE_MODEL_VERSION if snapshot is None else snapshot.version
+        partitions = ctx.settings.partitions
+        out: dict[int, Records] = defaultdict(list)
+        now = time.time()
+        for platform, rows in by_platform.items():
+            transform = None if snapshot is None else snapshot.adapter_for(platform).apply
+            top = self.prototypes.nearest_many(
+                platform, np.stack([v for _, v, _ in rows]), ctx.settings.top_k, transform
+            )
+            emitted, latency = self._listing_metrics(platform, rows[0][2])
+            for (listing, _, _), top_k in zip(rows, top, strict=True):
+                key = listing.item_id.encode()
+                record = classification_record(listing, top_k, version)
+                out[key_partition(key, partitions)].append((key, encode_json(record)))
+                latency.observe(max(0.0, now - listing.ts))
+            emitted.inc(len(rows))
+        topic = ctx.topic_name("classifications")
+        for target, records in out.items():
+            await ctx.produce_many(topic, target, records)
 
     def _listing_metrics(self, platform: str, topic: str) -> tuple[Any, Any]:
         """A platform's classification counter and a topic's latency histogram, looked up
@@ -90,64 +236,6 @@ class ListingPath:
             )
             self._metric_children[key] = children
         return children
-
-    async def handle_listing(self, listing: ListingEvent, message: Any) -> None:
-        """Embed one valid listing, store it, then learn from it or classify it."""
-        ctx = self.ctx
-        try:
-            vector = await self.batcher.embed_one(listing.text)
-        except Exception as exc:  # the encoder failed for this batch: this event is not lost
-            await ctx.dead_letter(message, "encoder_error", f"{type(exc).__name__}: {exc}")
-            return
-        # the items table is partitioned like the listings topic (same key, same partitions)
-        item = item_record(listing.platform, listing.category, vector, listing.ts)
-        await self.write_item(listing.item_id.encode(), item, message.partition)
-        if self.on_item_stored is not None:
-            await self.on_item_stored(listing.item_id, item, message.partition)
-        if listing.category is not None:
-            update = CategoryUpdate(listing.event_id, listing.platform, listing.category, vector)
-            await ctx.topics["category_updates"].send(
-                key=prototype_key(listing.platform, listing.category).encode(),
-                value=update.encode(),
-            )
-            return
-        snapshot = ctx.snapshot  # read once: this listing is classified by one snapshot
-        version = BASE_MODEL_VERSION if snapshot is None else snapshot.version
-        top_k = await self._classifier.submit((listing.platform, id(snapshot)), (vector, snapshot))
-        record = classification_record(listing, top_k, version)
-        await ctx.produce(
-            ctx.topic_name("classifications"), listing.item_id.encode(), encode_json(record)
-        )
-        emitted, latency = self._listing_metrics(listing.platform, message.topic)
-        emitted.inc()
-        latency.observe(max(0.0, time.time() - listing.ts))
-
-    async def process(
-        self, stream: StreamT, event: EventT, after: asyncio.Task[None] | None = None
-    ) -> None:
-        """Decode, handle and ack one listing once ``after`` (the one of the same item
-        before it) is done; every failure ends on the dead-letter topic."""
-        if after is not None:
-            await asyncio.wait([after])
-        message = event.message
-        try:
-            listing = decode_listing(message.value)
-            check_key(message.key, listing.item_id, "item_id")
-        except SchemaViolation as exc:
-            await self.ctx.dead_letter(message, exc.reason, exc.detail)
-        else:
-            try:
-                await self.handle_listing(listing, message)
-            except asyncio.CancelledError:
-                raise  # shutting down: not acked, so it is redelivered after the restart
-            except Exception as exc:
-                log.exception(
-                    "listing at %s[%s]@%s failed", message.topic, message.partition, message.offset
-                )
-                await self.ctx.dead_letter(
-                    message, "processing_error", f"{type(exc).__name__}: {exc}"
-                )
-        await stream.ack(event)
 
     def apply_category_update(self, raw: bytes, partition: int) -> None:
         """Fold one labelled embedding into its prototype (idempotent by event id), then
@@ -170,33 +258,10 @@ class ListingPath:
         metrics.prototype_updates.inc()
 
 
-def register_listing_path(ctx: WorkerContext, path: ListingPath, tasks: set[Any]) -> None:
-    """The listings and category-updates agents on the worker's app."""
-    app = ctx.app
-    consumed = ctx.metrics.events_consumed.labels(ctx.topic_name("listings"))
-    in_flight = asyncio.Semaphore(ctx.settings.max_in_flight)
-    # Listings are processed side by side and their batches may finish in any order, so a
-    # listing waits for the one of the same item before it: the items table and the
-    # classifications keep the topic's order.
-    latest: dict[bytes, asyncio.Task[None]] = {}
-
-    def finished(key: bytes, task: asyncio.Task[None]) -> None:
-        tasks.discard(task)
-        in_flight.release()
-        if latest.get(key) is task:
-            del latest[key]
-
-    @app.agent(ctx.topics["listings"], name="listings")
-    async def listings_agent(stream: StreamT) -> None:
-        manual = stream.noack()  # type: ignore[attr-defined]
-        async for event in manual.events():
-            consumed.inc()
-            await in_flight.acquire()
-            key = event.message.key
-            task = asyncio.ensure_future(path.process(manual, event, after=latest.get(key)))
-            latest[key] = task
-            tasks.add(task)
-            task.add_done_callback(functools.partial(finished, key))
+def register_listing_path(ctx: WorkerContext, path: ListingPath) -> None:
+    """The listings topic handled in batches, and the category-updates agent."""
+    app: Any = ctx.app
+    app.handle_in_batches(ctx.topics["listings"], path.on_batch)
 
     @app.agent(ctx.topics["category_updates"], name="category-updates")
     async def category_updates_agent(stream: StreamT) -> None:

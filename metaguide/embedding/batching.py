@@ -131,7 +131,23 @@ class MicroBatcher:
 
     async def embed_many(self, texts: list[str]) -> list[np.ndarray]:
         """Queue several texts (they may share batches with other callers)."""
-        return list(await asyncio.gather(*(self.embed_one(t) for t in texts)))
+        return list(await asyncio.gather(*self.submit_many(texts)))
+
+    def submit_many(self, texts: list[str]) -> list[asyncio.Future[np.ndarray]]:
+        """Queue several texts at once; each future gets its text's vector, or the error of
+        the model on that text alone."""
+        self._ensure_running()
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        length = self._length
+        futures = []
+        for text in texts:
+            future: asyncio.Future[np.ndarray] = loop.create_future()
+            self._queue.append(_Pending(text, future, now, length(text) if length else 0))
+            futures.append(future)
+        if texts:
+            self._wakeup.set()
+        return futures
 
     def _ensure_running(self) -> None:
         if self._runner is None or self._runner.done():

@@ -2,8 +2,8 @@
 
 The real encoder with one text per batch (about 100 texts/s here) faces 1,000 listings
 produced at once. At most ``max_in_flight`` listings may be between the consumer and their
-output at any time (a semaphore in the listing agent; the consumer's own buffer is bounded by
-Faust's flow control, which pauses fetching when the stream buffer is full). A monitor samples
+output at any time (the listing path's in-flight limit, which the consumer's drain loop waits
+on, so nothing more is fetched meanwhile). A monitor samples
 the in-flight count and the encoder queue while the backlog drains.
 """
 
@@ -39,12 +39,12 @@ async def test_a_slow_encoder_bounds_work_in_flight_and_loses_nothing(
         }
         for i in range(LISTINGS)
     ]
-    peaks = {"tasks": 0, "queued": 0}
+    peaks = {"in_flight": 0, "queued": 0}
     loop = asyncio.get_running_loop()
     sampling = True
 
     def sample() -> None:  # every 5 ms on the event loop, between the worker's own steps
-        peaks["tasks"] = max(peaks["tasks"], len(worker.tasks))
+        peaks["in_flight"] = max(peaks["in_flight"], worker.listings.in_flight.count)
         peaks["queued"] = max(peaks["queued"], worker.batcher.queued)
         if sampling:
             loop.call_later(0.005, sample)
@@ -57,10 +57,10 @@ async def test_a_slow_encoder_bounds_work_in_flight_and_loses_nothing(
     rss_growth_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
 
     assert sorted(r["item_id"] for r in out) == sorted(e["item_id"] for e in events)
-    assert 1 < peaks["tasks"] <= MAX_IN_FLIGHT, peaks  # a backlog formed, and stayed bounded
+    assert 1 < peaks["in_flight"] <= MAX_IN_FLIGHT, peaks  # a backlog formed, stayed bounded
     assert peaks["queued"] <= MAX_IN_FLIGHT, peaks
     print(
-        f"\n{LISTINGS} listings against a ~100/s encoder: peak {peaks['tasks']} in flight "
+        f"\n{LISTINGS} listings against a ~100/s encoder: peak {peaks['in_flight']} in flight "
         f"(cap {MAX_IN_FLIGHT}), peak encoder queue {peaks['queued']}, all classified; "
         f"peak RSS grew {rss_growth_mb:.0f} MB"
     )

@@ -65,11 +65,14 @@ class ClickPath:
     def profile(self, key: bytes) -> UserProfile:
         return self.profiles.profile(key)
 
-    async def item_stored(self, item_id: str, item: dict[str, Any], partition: int) -> None:
-        """A listing was stored: a recommendation candidate at once, and the clicks that
-        waited for it are joined."""
-        self.catalog[item_id.encode()] = item
-        await self.join.release(item_id, item, partition)
+    async def items_stored(self, partition: int, stored: list[tuple[str, dict[str, Any]]]) -> None:
+        """Listings were stored: recommendation candidates at once, and the clicks that
+        waited for them are joined."""
+        catalog, waiting = self.catalog, self.join.waiting
+        for item_id, item in stored:
+            catalog[item_id.encode()] = item
+            if item_id in waiting:
+                await self.join.release(item_id, item, partition)
 
     def router_report(self, report: dict[str, Any]) -> None:
         """Count what the router process says it delivered."""

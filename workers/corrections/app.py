@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -16,7 +17,10 @@ from workers.corrections.handover import DirectHandoverConsumer
 from workers.corrections.producer import DirectProducerApp
 from workers.corrections.seek import SeekClearingConsumer
 
-__all__ = ["RELIES_ON", "App", "CorrectedConsumer"]
+__all__ = ["RELIES_ON", "App", "BatchHandler", "CorrectedConsumer"]
+
+# (topic partition, the messages one fetch brought of it, in offset order)
+BatchHandler = Callable[[Any, list[Any]], Awaitable[None]]
 
 RELIES_ON = (
     "faust.app.base.App._new_transport(self)",
@@ -56,7 +60,14 @@ class App(DirectProducerApp, faust.App):
     ) -> None:
         self.fetch_max_wait_ms = fetch_max_wait_ms
         self.read_end_offsets = read_end_offsets
+        self.batch_handlers: dict[str, BatchHandler] = {}
         super().__init__(*args, **kwargs)
+
+    def handle_in_batches(self, topic: Any, handler: BatchHandler) -> None:
+        """Subscribe to ``topic`` and hand what each fetch brings of a partition of it to
+        ``handler(tp, messages)`` (workers/corrections/handover.py), instead of a stream."""
+        self.batch_handlers[topic.get_topic_name()] = handler
+        self.topics.add(topic)
 
     @cached_property
     def flow_control(self) -> KeepingFlowControl:

@@ -7,6 +7,12 @@ one event per loop turn. The hand-over almost never waits (the stream buffer has
 against a suspend of flow, as Faust does. An event fetched while flow is suspended is skipped,
 as Faust skips it (it is fetched again after the seek).
 
+A topic registered with ``app.handle_in_batches(topic, handler)`` is not handed to a stream
+at all: what one fetch brings of each of its partitions goes to ``handler(tp, messages)`` in
+one call, which tracks and acks the messages itself through Faust's consumer (its commits
+are Faust's as for any stream). Faust's per-event machinery cost more than a listing's own
+work outside the model.
+
 Upstream: no issue found; the loop is ``faust.transport.consumer.Consumer._drain_messages``.
 """
 
@@ -34,6 +40,11 @@ RELIES_ON = (
     "faust.transport.consumer.Consumer.wait_first",
     "faust.transport.consumer.Consumer.suspend_flow",
     "faust.transport.consumer.Consumer.consumer_stopped_errors",
+    # a batch handler's side
+    "faust.transport.consumer.Consumer.track_message(self, message)",
+    "faust.transport.consumer.Consumer.ack(self, message)",
+    "faust.transport.conductor.Conductor.add(self, topic)",
+    "faust.app.base.App.consumer_generation_id",
 )
 
 
@@ -47,6 +58,7 @@ class DirectHandoverConsumer:
         suspended = c.suspend_flow.is_set
         read_offsets = c._read_offset
         acks_enabled_for = c.app.topics.acks_enabled_for
+        batch_handlers = c.app.batch_handlers  # topic -> handler(tp, messages)
         since_yield = 0
         try:
             while not (c.should_stop or fetcher.should_stop):
@@ -55,6 +67,7 @@ class DirectHandoverConsumer:
                 await asyncio.sleep(0)  # getmany may return at once, time after time
                 if c.should_stop:
                     continue
+                batches: dict[Any, list[Any]] = {}
                 async for tp, message in records:
                     since_yield += 1
                     if since_yield > DRAIN_YIELD_EVERY:
@@ -72,8 +85,14 @@ class DirectHandoverConsumer:
                     # while flow is suspended the event is skipped, as Faust skips it: it is
                     # fetched again from the committed offset after the seek
                     if not suspended():
-                        await c._hand_over(callback(message))
+                        if message.topic in batch_handlers:
+                            batches.setdefault(tp, []).append(message)
+                        else:
+                            await c._hand_over(callback(message))
                     read_offsets[tp] = offset
+                for tp, messages in batches.items():
+                    if not suspended():  # else fetched again after the seek
+                        await batch_handlers[tp.topic](tp, messages)
                 c.diag.unset_flag(FETCHING)
         except c.consumer_stopped_errors:
             if not c.transport.app.should_stop:
