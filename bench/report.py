@@ -85,11 +85,20 @@ def recommend_section(r: dict[str, Any]) -> list[str]:
     return lines
 
 
-def throughput_section(enc: dict[str, Any] | None, clicks: dict[str, Any] | None) -> list[str]:
+def throughput_section(
+    enc: dict[str, Any] | None, clicks: dict[str, Any] | None, ceiling: dict[str, Any] | None
+) -> list[str]:
     lines = [
         "| path | metaguide | baseline in the same run | ratio | target |",
         "| --- | --- | --- | --- | --- |",
     ]
+    if ceiling:
+        lines.append(
+            f"| listings with a model that costs nothing (`bench/ceiling.py`) | "
+            f"{ceiling['listings_per_s']:,.0f} listings/s | raw aiokafka loop (consume, decode, "
+            f"send one record each) {ceiling['raw_transport_per_s']:,.0f} listings/s | "
+            f"{ceiling['ratio']:.3f} | ratio 0.3 |"
+        )
     if enc:
         lines.append(
             f"| listings (`bench/encoder.py`) | {enc['pipeline_items_per_s']:.0f} items/s | raw "
@@ -144,7 +153,7 @@ def render() -> str:
     rec = _load("recommend")
     if rec:
         lines += recommend_section(rec) + [""]
-    lines += throughput_section(_load("encoder"), _load("clicks")) + [""]
+    lines += throughput_section(_load("encoder"), _load("clicks"), _load("ceiling")) + [""]
     scale = _load("scale")
     if scale:
         lines += scale_section(scale)

@@ -36,6 +36,7 @@ __all__ = ["Worker", "create_worker", "faust_settings"]
 
 log = logging.getLogger("metaguide.worker")
 
+PRODUCER_MAX_BATCH_BYTES = 512 * 1024
 FETCH_PACE_INTERVAL_S = 0.1  # how often the embedded profile's fetch wait follows the load
 
 
@@ -50,6 +51,8 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         "datadir": settings.state_dir,
         "processing_guarantee": "at_least_once",
         "consumer_auto_offset_reset": "earliest",
+        # a listing batch's outputs to one partition go as one record batch
+        "producer_max_batch_size": PRODUCER_MAX_BATCH_BYTES,
         "web_port": settings.web_port,
         "web_host": settings.web_host,
         "web_bind": settings.web_host,

@@ -47,13 +47,18 @@ class WorkerContext:
     async def produce_many(
         self, topic: str, partition: int, records: Sequence[tuple[bytes, bytes]]
     ) -> None:
-        """Send records to one partition (its number given: no partitioner per record).
-
-        Not aiokafka's ``send_batch``: it waits for the partition's previous batch to be
-        drained, one broker round trip per call, where ``send`` joins the open batch."""
-        send = aiokafka_producer(self.app).send
+        """Send records to one partition as aiokafka record batches: one future per batch,
+        not one per record. Faust flushes them before each commit like any send."""
+        producer = aiokafka_producer(self.app)
+        batch = producer.create_batch()
         for key, value in records:
-            await send(topic, value=value, key=key, partition=partition)
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                await producer.send_batch(batch, topic, partition=partition)
+                batch = producer.create_batch()
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    raise ValueError(f"a record of {len(value)} bytes is over the batch size")
+        if batch.record_count():
+            await producer.send_batch(batch, topic, partition=partition)
 
     async def dead_letter(self, message: Any, reason: str, detail: str) -> None:
         """Send a consumed message that cannot be processed to the dead-letter topic."""

@@ -186,21 +186,22 @@ class ListingPath:
                 updates[key_partition(pkey, partitions)].append((pkey, update.encode()))
             else:
                 unlabelled[platform].append((listing, vector, message.topic))
+        sends: list[Awaitable[None]] = []  # to other partitions: side by side, each in order
         if changelog:
-            await ctx.produce_many(self._items_changelog, partition, changelog)
+            sends.append(ctx.produce_many(self._items_changelog, partition, changelog))
+        topic = ctx.topic_name("category_updates")
+        sends += [ctx.produce_many(topic, target, records) for target, records in updates.items()]
+        if unlabelled:
+            sends += self._classify(unlabelled)
+        await asyncio.gather(*sends)
         if stored and self.on_items_stored is not None:
             await self.on_items_stored(partition, stored)
-        topic = ctx.topic_name("category_updates")
-        for target, records in updates.items():
-            await ctx.produce_many(topic, target, records)
-        if unlabelled:
-            await self._classify(unlabelled)
 
-    async def _classify(
+    def _classify(
         self, by_platform: dict[str, list[tuple[ListingEvent, np.ndarray, str]]]
-    ) -> None:
+    ) -> list[Awaitable[None]]:
         """One matrix product per platform, with the snapshot serving now (read once: each
-        classification names the snapshot that scored it)."""
+        classification names the snapshot that scored it); returns the sends."""
         ctx = self.ctx
         snapshot = ctx.snapshot
         version = BASE_MODEL_VERSION if snapshot is None else snapshot.version
@@ -220,8 +221,7 @@ class ListingPath:
                 latency.observe(max(0.0, now - listing.ts))
             emitted.inc(len(rows))
         topic = ctx.topic_name("classifications")
-        for target, records in out.items():
-            await ctx.produce_many(topic, target, records)
+        return [ctx.produce_many(topic, target, records) for target, records in out.items()]
 
     def _listing_metrics(self, platform: str, topic: str) -> tuple[Any, Any]:
         """A platform's classification counter and a topic's latency histogram, looked up

@@ -116,9 +116,10 @@ class MicroBatcher:
 
     @property
     def saturated(self) -> bool:
-        """A full batch is waiting for the model: every stream has a batch in it (a free
-        stream would have taken this one), so the model is what limits throughput."""
-        return len(self._queue) >= self.max_batch_size
+        """A backlog waits for the model: more full batches queued than its streams take
+        next, so the model is what limits throughput (a burst that the next calls absorb
+        is not one)."""
+        return len(self._queue) >= (self.concurrency + 2) * self.max_batch_size
 
     async def embed_one(self, text: str) -> np.ndarray:
         """Queue one text and wait for its vector."""

@@ -146,7 +146,7 @@ async def test_requests_of_one_turn_are_answered_by_one_call_per_key() -> None:
     assert calls[-1] == ("a", [8])
 
 
-async def test_saturated_while_a_full_batch_waits_for_the_model() -> None:
+async def test_saturated_while_more_batches_wait_than_the_streams_take_next() -> None:
     release, entered = threading.Event(), threading.Event()
 
     def held(texts: list[str]) -> np.ndarray:
@@ -154,16 +154,17 @@ async def test_saturated_while_a_full_batch_waits_for_the_model() -> None:
         release.wait(5)
         return np.zeros((len(texts), 1), dtype=np.float32)
 
+    # one stream: saturated from three full batches waiting, (1 + 2) x 4 texts
     batcher = MicroBatcher(held, max_batch_size=4, max_latency_s=0.0, concurrency=1)
     first = asyncio.gather(*(batcher.embed_one(f"t-{i}") for i in range(4)))
     await wait_until(entered.is_set, 1, "the first batch in the model")
     assert not batcher.saturated
-    rest = asyncio.gather(*(batcher.embed_one(f"t-{i}") for i in range(4, 7)))
-    await wait_until(lambda: batcher.queued == 3, 1, "three texts queued")
-    assert not batcher.saturated  # three waiting: less than a batch
-    more = asyncio.ensure_future(batcher.embed_one("t-7"))
-    await wait_until(lambda: batcher.queued == 4, 1, "a fourth text queued")
-    assert batcher.saturated  # a full batch waits and the only stream is busy
+    rest = asyncio.gather(*(batcher.embed_one(f"t-{i}") for i in range(4, 15)))
+    await wait_until(lambda: batcher.queued == 11, 1, "eleven texts queued")
+    assert not batcher.saturated  # a burst the next calls take
+    more = asyncio.ensure_future(batcher.embed_one("t-15"))
+    await wait_until(lambda: batcher.queued == 12, 1, "a twelfth text queued")
+    assert batcher.saturated  # a backlog: the model is the limit
     release.set()
     await asyncio.wait_for(asyncio.gather(first, rest, more), 5)
     assert not batcher.saturated
