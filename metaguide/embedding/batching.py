@@ -24,17 +24,14 @@ import concurrent.futures
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-__all__ = ["BatchStats", "MicroBatcher", "TickBatcher", "pick_batch"]
+__all__ = ["BatchStats", "MicroBatcher", "pick_batch"]
 
 EmbedFn = Callable[[list[str]], np.ndarray]
-K = TypeVar("K", bound=Hashable)
-R = TypeVar("R")
 
 
 @dataclass
@@ -257,41 +254,3 @@ class MicroBatcher:
             self.stats.splits += 1
             half = len(texts) // 2
             return self._embed_or_split(texts[:half]) + self._embed_or_split(texts[half:])
-
-
-class TickBatcher(Generic[K, R]):
-    """One call for the requests made in one turn of the event loop, grouped by key.
-
-    The callers of one micro-batch get their vectors together and resume one after another
-    in the same turn; each ``submit`` then joins the pending group of its key, and one
-    ``fn(key, values)`` (on the event loop, so it should be quick) answers the group in the
-    next turn, in order. An error of ``fn`` goes to the callers of that group.
-    """
-
-    def __init__(self, fn: Callable[[K, list[Any]], Sequence[R]]) -> None:
-        self._fn = fn
-        self._pending: dict[K, list[tuple[Any, asyncio.Future[R]]]] = {}
-
-    def submit(self, key: K, value: Any) -> asyncio.Future[R]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[R] = loop.create_future()
-        if not self._pending:
-            loop.call_soon(self._flush)
-        self._pending.setdefault(key, []).append((value, future))
-        return future
-
-    def _flush(self) -> None:
-        pending, self._pending = self._pending, {}
-        for key, group in pending.items():
-            try:
-                results = self._fn(key, [value for value, _ in group])
-                if len(results) != len(group):
-                    raise RuntimeError(f"{len(results)} results for {len(group)} requests")
-            except Exception as exc:
-                for _, future in group:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, future), result in zip(group, results, strict=True):
-                if not future.done():
-                    future.set_result(result)

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from metaguide.embedding.batching import MicroBatcher, TickBatcher, pick_batch
+from metaguide.embedding.batching import MicroBatcher, pick_batch
 from metaguide.waiting import wait_until
 
 
@@ -126,26 +126,6 @@ def test_bad_settings_are_refused() -> None:
         MicroBatcher(RecordingModel(), concurrency=0)
 
 
-async def test_requests_of_one_turn_are_answered_by_one_call_per_key() -> None:
-    calls: list[tuple[str, list[int]]] = []
-
-    def square(key: str, values: list[int]) -> list[int]:
-        calls.append((key, list(values)))
-        if key == "bad":
-            raise ValueError("no squares here")
-        return [v * v for v in values]
-
-    batcher: TickBatcher[str, int] = TickBatcher(square)
-    futures = [batcher.submit("a" if i % 2 else "b", i) for i in range(6)]
-    bad = batcher.submit("bad", 7)
-    assert [await f for f in futures] == [0, 1, 4, 9, 16, 25]
-    with pytest.raises(ValueError, match="no squares"):
-        await bad
-    assert sorted(calls) == [("a", [1, 3, 5]), ("b", [0, 2, 4]), ("bad", [7])]
-    assert await batcher.submit("a", 8) == 64  # a later turn: a call of its own
-    assert calls[-1] == ("a", [8])
-
-
 async def test_saturated_while_more_batches_wait_than_the_streams_take_next() -> None:
     release, entered = threading.Event(), threading.Event()
 
@@ -207,4 +187,12 @@ async def test_batches_cut_from_a_backlog_group_texts_of_about_the_same_length()
     assert batches == [["a" * 5] * 4, ["a", "a", "a" * 9, "a"], ["a" * 9]]  # arrival order
     assert batcher.stats.tokens == 1 + sum(len(t.split("-")[0]) for t in texts)
     assert batcher.stats.padded_tokens == 1 + 4 * 5 + 4 * 9 + 9
+    await batcher.close()
+
+
+async def test_texts_submitted_together_get_their_own_vectors() -> None:
+    batcher = MicroBatcher(RecordingModel(), max_batch_size=4, max_latency_s=0.01)
+    futures = batcher.submit_many([f"t-{i}" for i in range(10)])
+    assert [float((await f)[0]) for f in futures] == [float(i) for i in range(10)]
+    assert batcher.submit_many([]) == []
     await batcher.close()
