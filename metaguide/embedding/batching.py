@@ -120,12 +120,7 @@ class MicroBatcher:
 
     async def embed_one(self, text: str) -> np.ndarray:
         """Queue one text and wait for its vector."""
-        self._ensure_running()
-        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        length = self._length(text) if self._length is not None else 0
-        self._queue.append(_Pending(text, future, time.monotonic(), length))
-        self._wakeup.set()
-        return await future
+        return await self.submit_many([text])[0]
 
     async def embed_many(self, texts: list[str]) -> list[np.ndarray]:
         """Queue several texts (they may share batches with other callers)."""

@@ -48,7 +48,6 @@ class ClickPath:
     join: ClickJoin
     profiles: UserProfiles
     api: Recommender
-    summaries_: Summaries
     catalog: dict[bytes, Any]  # item_id -> the items table's value, every partition's
     router: RouterProcess | None = None
 
@@ -60,7 +59,7 @@ class ClickPath:
     @property
     def summaries(self) -> Any:
         """The summaries table of this worker's partitions."""
-        return self.summaries_.owned
+        return self.join.summaries.owned
 
     def profile(self, key: bytes) -> UserProfile:
         return self.profiles.profile(key)
@@ -154,7 +153,6 @@ def register_click_path(ctx: WorkerContext, items: Any, raw_topic: Callable[...,
         join=ClickJoin(ctx, items, summaries, config),
         profiles=profiles,
         api=Recommender(ctx, profiles, catalog, summaries, config),
-        summaries_=summaries,
         catalog=catalog,
     )
 
