@@ -70,6 +70,7 @@ class Settings(BaseSettings):
     click_batch_size: int = Field(default=1000, ge=1)
     click_batch_latency_s: float = Field(default=0.05, ge=0)
     click_wait_s: float = Field(default=30.0, gt=0)  # how long a click waits for its item's listing
+    label_wait_s: float = Field(default=30.0, gt=0)  # how long a label waits for its item's listing
     # a changed user profile is changelogged at most once per interval
     profile_write_interval_s: float = Field(default=2.0, gt=0)
     recommend_max_k: int = Field(default=100, ge=1)

@@ -90,6 +90,44 @@ class Metrics:
             "Item embeddings held by this worker's partitions.",
             registry=r,
         )
+        self.labels_applied = Counter(
+            "metaguide_labels_applied_total",
+            "Label events applied to an item (a listing's own category not included), by source.",
+            ["source"],
+            registry=r,
+        )
+        self.label_corrections = Counter(
+            "metaguide_label_corrections_total",
+            "Labels that moved an item from one category to another.",
+            registry=r,
+        )
+        self.labels_waiting = Gauge(
+            "metaguide_labels_waiting",
+            "Labels waiting for their item's listing (bounded by METAGUIDE_LABEL_WAIT_S).",
+            registry=r,
+        )
+        self.review_requests = Counter(
+            "metaguide_review_requests_total",
+            "Listings sent to the review topic for a label, by platform.",
+            ["platform"],
+            registry=r,
+        )
+        self.reviews_answered = Counter(
+            "metaguide_reviews_answered_total",
+            "Label events that answer a review request.",
+            registry=r,
+        )
+        self.novel_listings = Counter(
+            "metaguide_novel_listings_total",
+            "Classified listings farther from every prototype than the novelty threshold.",
+            ["platform"],
+            registry=r,
+        )
+        self.candidate_categories = Gauge(
+            "metaguide_candidate_categories_open",
+            "Candidate new categories (clusters of novel listings) held by this worker.",
+            registry=r,
+        )
         self.event_latency = Histogram(
             "metaguide_event_latency_seconds",
             "From an event's timestamp to its output being sent.",

@@ -27,6 +27,7 @@ from workers.context import WorkerContext
 from workers.corrections.app import App
 from workers.corrections.fetch_wait import EMBEDDED_FETCH_MAX_WAIT_MS, FetchPacer, set_fetch_wait
 from workers.corrections.producer import track_topics
+from workers.labels import LabelPath, register_label_path
 from workers.listings import ListingPath, register_listing_path
 from workers.ops import readiness, register_ops
 from workers.snapshots import register_snapshots
@@ -109,6 +110,7 @@ class Worker:
     batcher: MicroBatcher
     listings: ListingPath
     clicks: ClickPath
+    labels: LabelPath
 
     @property
     def tasks(self) -> set[asyncio.Task[None]]:
@@ -217,6 +219,7 @@ def create_worker(
 
     ctx.topics.update(
         listings=raw_topic("listings"),
+        labels=raw_topic("labels"),
         classifications=raw_topic("classifications"),
         dead_letters=raw_topic("dead-letters"),
         category_updates=raw_topic("category-updates", internal=True),
@@ -271,9 +274,10 @@ def create_worker(
         replica=proto_table,
     )
     clicks = register_click_path(ctx, items, raw_topic)
-    listings.on_items_stored = clicks.items_stored
-    worker = Worker(ctx, encoder, batcher, listings, clicks)
+    listings.on_items_stored.append(clicks.items_stored)
     register_listing_path(ctx, listings)
+    labels = register_label_path(ctx, listings)
+    worker = Worker(ctx, encoder, batcher, listings, clicks, labels)
     register_snapshots(ctx, encoder, ctx.topics["snapshots"])
     register_ops(ctx, clicks.router_lag)
     if embedded:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from faust.types import StreamT
 
+from metaguide.classify.labels import moves
 from metaguide.classify.prototypes import CategoryPrototypes, prototype_key
 from metaguide.contracts.codec import encode_json
 from metaguide.contracts.events import ListingEvent, check_key, decode_listing
@@ -83,10 +84,10 @@ class ListingPath:
         self.prototypes = prototypes  # every worker's replica, for scoring
         self.prototype_owner = prototype_owner  # the sums of the categories this worker owns
         self.replica = replica  # the GlobalTable behind ``prototypes``
-        self.on_items_stored: ItemsStored | None = None
+        self.on_items_stored: list[ItemsStored] = []
         self.in_flight = InFlight(ctx.settings.max_in_flight)
         self.tasks: set[asyncio.Task[None]] = set()
-        self._last: dict[Any, asyncio.Task[None]] = {}  # by partition: its latest batch
+        self._last: dict[int, asyncio.Task[None]] = {}  # by partition: its latest step
         self._items_changelog = items.changelog_topic.get_topic_name()
         self._metric_children: dict[tuple[str, str], tuple[Any, Any]] = {}
 
@@ -108,16 +109,38 @@ class ListingPath:
         for start in range(0, len(messages), step):
             chunk = messages[start : start + step]
             await self.in_flight.acquire(len(chunk))
-            task = asyncio.ensure_future(self.process(tp, chunk, self._last.get(tp)))
-            self._last[tp] = task
-            self.tasks.add(task)
-            task.add_done_callback(functools.partial(self._finished, tp, len(chunk)))
+            task = asyncio.ensure_future(self.process(tp, chunk, self._last.get(tp.partition)))
+            self._track(tp.partition, task, len(chunk))
 
-    def _finished(self, tp: Any, n: int, task: asyncio.Task[None]) -> None:
+    def in_partition(
+        self, partition: int, step: Callable[[], Awaitable[None]]
+    ) -> asyncio.Task[None]:
+        """Run ``step`` (a change to items of ``partition``: a label) once the partition's
+        batches before it are applied; the batches after it wait for it. So the items of a
+        partition are read and written by one sequence of steps."""
+
+        async def after(previous: asyncio.Task[None] | None) -> None:
+            if previous is not None:
+                await asyncio.wait([previous])
+            await step()
+
+        task = asyncio.ensure_future(after(self._last.get(partition)))
+        self._track(partition, task, 0)
+        return task
+
+    def _track(self, partition: int, task: asyncio.Task[None], n: int) -> None:
+        self._last[partition] = task
+        self.tasks.add(task)
+        task.add_done_callback(functools.partial(self._finished, partition, n))
+
+    def _finished(self, partition: int, n: int, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
-        if self._last.get(tp) is task:
-            del self._last[tp]
-        self.in_flight.release(n)
+        if self._last.get(partition) is task:
+            del self._last[partition]
+        if n:
+            self.in_flight.release(n)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a step of partition %d failed", partition, exc_info=task.exception())
 
     async def process(
         self, tp: Any, messages: list[Any], after: asyncio.Task[None] | None = None
@@ -158,14 +181,14 @@ class ListingPath:
         valid: list[tuple[Any, ListingEvent]],
         vectors: list[asyncio.Future[np.ndarray]],
     ) -> None:
-        """Store the batch's items in order, then send its category updates and its
-        classifications, as record batches per partition."""
+        """Store the batch's items in order; send the moves of their embeddings between
+        prototypes and the classifications, then the items' changelog records (an item
+        stored durably has had its moves delivered: see ``metaguide/classify/labels.py``)."""
         ctx = self.ctx
-        partitions = ctx.settings.partitions
         store = self.items.data
         changelog: Records = []
         stored: list[tuple[str, dict[str, Any]]] = []
-        updates: dict[int, Records] = defaultdict(list)
+        updates: list[CategoryUpdate] = []
         unlabelled: dict[str, list[tuple[ListingEvent, np.ndarray, str]]] = defaultdict(list)
         for (message, listing), future in zip(valid, vectors, strict=True):
             error = future.exception()
@@ -174,28 +197,40 @@ class ListingPath:
                 await ctx.dead_letter(message, "encoder_error", detail)
                 continue
             vector = future.result()
-            item = item_record(listing.platform, listing.category, vector, listing.ts)
             key = listing.item_id.encode()
+            before = store.get(key)
+            category = listing.category
+            if category is None and before is not None and before["platform"] == listing.platform:
+                category = before["category"]  # a label belongs to the item, not the listing
+            item = item_record(listing.platform, category, vector, listing.ts, listing.event_id)
+            updates += moves(listing.item_id, before, item)
             store[key] = item
             changelog.append((key, encode_json(item)))
             stored.append((listing.item_id, item))
-            platform, category = listing.platform, listing.category
-            if category is not None:
-                update = CategoryUpdate(listing.event_id, platform, category, vector)
-                pkey = prototype_key(platform, category).encode()
-                updates[key_partition(pkey, partitions)].append((pkey, update.encode()))
-            else:
-                unlabelled[platform].append((listing, vector, message.topic))
-        sends: list[Awaitable[None]] = []  # to other partitions: side by side, each in order
-        if changelog:
-            sends.append(ctx.produce_many(self._items_changelog, partition, changelog))
-        topic = ctx.topic_name("category_updates")
-        sends += [ctx.produce_many(topic, target, records) for target, records in updates.items()]
+            if listing.category is None:
+                unlabelled[listing.platform].append((listing, vector, message.topic))
+        sends = self.send_moves(updates)  # to other partitions: side by side, each in order
         if unlabelled:
             sends += self._classify(unlabelled)
         await asyncio.gather(*sends)
-        if stored and self.on_items_stored is not None:
-            await self.on_items_stored(partition, stored)
+        if changelog:
+            await ctx.produce_many(self._items_changelog, partition, changelog)
+        for hook in self.on_items_stored:
+            await hook(partition, stored)
+
+    def send_moves(self, updates: list[CategoryUpdate]) -> list[Awaitable[None]]:
+        """The sends of category updates to their owners' partitions, one record batch each."""
+        partitions = self.ctx.settings.partitions
+        by_partition: dict[int, Records] = defaultdict(list)
+        for update in updates:
+            pkey = prototype_key(update.platform, update.category).encode()
+            by_partition[key_partition(pkey, partitions)].append((pkey, update.encode()))
+        topic = self.ctx.topic_name("category_updates")
+        return [self.ctx.produce_many(topic, p, records) for p, records in by_partition.items()]
+
+    async def store_items(self, partition: int, records: Records) -> None:
+        """Send items' changelog records (their values already in the table's store)."""
+        await self.ctx.produce_many(self._items_changelog, partition, records)
 
     def _classify(
         self, by_platform: dict[str, list[tuple[ListingEvent, np.ndarray, str]]]
@@ -247,7 +282,7 @@ class ListingPath:
         """
         update = CategoryUpdate.decode(raw)
         count = self.prototype_owner.update_one(
-            update.platform, update.category, update.embedding, event_id=update.event_id
+            update.platform, update.category, update.embedding, update.event_id, update.sign
         )
         metrics = self.ctx.metrics
         if count is None:

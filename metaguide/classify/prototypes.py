@@ -7,6 +7,7 @@ Prototypes live in the encoder's base space, so an adapter swap never rebuilds t
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["Prototype", "CategoryPrototypes", "prototype_key", "split_key", "softmax_scores"]
+
+log = logging.getLogger("metaguide.prototypes")
 
 RECENT_IDS = 64
 _SEP = "\x1f"  # ASCII unit separator: cannot appear in a platform id
@@ -43,8 +46,18 @@ class Prototype:
         return cls(np.asarray(embedding, dtype=np.float64).copy(), 1)
 
     def add_one(self, embedding: np.ndarray) -> None:
-        self.sum += embedding
         self.count += 1
+        if self.count == 0:
+            self.sum = np.zeros_like(self.sum)
+        else:
+            self.sum += embedding
+
+    def remove_one(self, embedding: np.ndarray) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self.sum = np.zeros_like(self.sum)  # exactly empty, no rounding left over
+        else:
+            self.sum -= embedding
 
     @property
     def mean(self) -> np.ndarray:
@@ -97,12 +110,19 @@ class CategoryPrototypes:
         self._mapped: dict[str, tuple[np.ndarray, Any, tuple[np.ndarray, np.ndarray]]] = {}
 
     def update_one(
-        self, platform: str, category: str, embedding: np.ndarray, event_id: str | None = None
+        self,
+        platform: str,
+        category: str,
+        embedding: np.ndarray,
+        event_id: str | None = None,
+        sign: int = 1,
     ) -> int | None:
-        """Add one labelled embedding; returns the new count, or None for a redelivered event.
+        """Add (``sign`` 1) or take out (-1) one labelled embedding; returns the new count,
+        or None for a redelivered event.
 
         The last ``RECENT_IDS`` event ids of each category are kept in its state, so an event
-        redelivered after a crash (at-least-once) is not counted twice.
+        redelivered after a crash (at-least-once) is not counted twice. A category taken down
+        to no example keeps its state (and its ids) with a zero sum: it is not scored.
         """
         key = prototype_key(platform, category)
         state = self.store.get(key)
@@ -111,11 +131,14 @@ class CategoryPrototypes:
             if event_id in recent:
                 return None
             recent = (recent + [event_id])[-RECENT_IDS:]
-        if state is None:
-            proto = Prototype.first(embedding)
+        vector = np.asarray(embedding, dtype=np.float64)
+        proto = Prototype.from_json(state) if state else Prototype(np.zeros_like(vector), 0)
+        if sign > 0:
+            proto.add_one(vector)
         else:
-            proto = Prototype.from_json(state)
-            proto.add_one(np.asarray(embedding, dtype=np.float64))
+            proto.remove_one(vector)
+            if proto.count < 0:  # its add comes later: sums commute, the count is not scored
+                log.warning("%s took out an example not added yet (event %s)", key, event_id)
         self.store[key] = {**proto.to_json(), "recent": recent}
         self.invalidate()
         return proto.count
@@ -144,7 +167,7 @@ class CategoryPrototypes:
             and now - self._checked_at.get(platform, -1e9) < self.refresh_interval_s
         ):
             return cached
-        counts = {split_key(k)[1]: c for k, c in self.categories(platform).items()}
+        counts = {split_key(k)[1]: c for k, c in self.categories(platform).items() if c > 0}
         self._checked_at[platform] = now
         if cached is not None and self._seen_counts.get(platform) == counts:
             return cached

@@ -20,18 +20,23 @@ from metaguide.errors import SchemaViolation
 __all__ = [
     "ACTIONS",
     "ClickEvent",
+    "LabelEvent",
+    "LABEL_SOURCES",
     "ListingEvent",
     "RecommendationRequest",
     "check_key",
     "check_platform",
     "check_user_id",
     "decode_click",
+    "decode_label",
     "decode_listing",
     "decode_recommendation_request",
     "parse_k",
 ]
 
 ACTIONS = ("view", "click", "cart", "purchase")
+LABEL_SOURCES = ("merchant", "reviewer", "rule")
+MAX_BULK_ITEMS = 1000
 TS_MIN = 946684800.0  # 2000-01-01
 TS_MAX = 4102444800.0  # 2100-01-01
 MAX_TITLE_CHARS = 2000
@@ -81,6 +86,21 @@ class ClickEvent:
     item_id: str
     action: str
     ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class LabelEvent:
+    """A label, or a corrected label, for listed items: one (``item_ids`` of one) or many (a
+    bulk label: a candidate category named at once). ``category`` None takes the label off."""
+
+    event_id: str
+    platform: str
+    item_ids: tuple[str, ...]
+    category: str | None
+    source: str
+    ts: float
+    review_id: str | None = None  # the review request it answers, if any
+    bulk: bool = False
 
 
 def _load_object(raw: bytes | str | None) -> dict[str, Any]:
@@ -240,6 +260,52 @@ def decode_listing(raw: bytes | str | None) -> ListingEvent:
         attributes=attributes,
         price=price,
         category=category,
+    )
+
+
+def decode_label(raw: bytes | str | None) -> LabelEvent:
+    """Parse and validate one label event (``schemas/label.v1.json``)."""
+    obj = _load_object(raw)
+    _check_fields(
+        obj,
+        ("event_id", "platform", "category", "source", "ts"),
+        ("item_id", "item_ids", "review_id"),
+    )
+    _check_schema_tag(obj, "label.v1")
+    if ("item_id" in obj) == ("item_ids" in obj):
+        raise SchemaViolation(
+            "missing_field", "exactly one of 'item_id' and 'item_ids' is required"
+        )
+    if "item_id" in obj:
+        item_ids: tuple[str, ...] = (_string(obj, "item_id", MAX_ID_CHARS),)
+    else:
+        ids = obj["item_ids"]
+        if not isinstance(ids, list) or not ids:
+            raise SchemaViolation("wrong_type", "field 'item_ids' must be a non-empty array")
+        if len(ids) > MAX_BULK_ITEMS:
+            raise SchemaViolation(
+                "too_long", f"field 'item_ids' has {len(ids)} ids, the limit is {MAX_BULK_ITEMS}"
+            )
+        item_ids = tuple(_string({"item_ids": i}, "item_ids", MAX_ID_CHARS) for i in ids)
+    category = obj["category"]
+    if category is not None:
+        category = _string(obj, "category", MAX_CATEGORY_CHARS, text=True)
+    source = obj["source"]
+    if source not in LABEL_SOURCES:
+        raise SchemaViolation(
+            "unknown_source",
+            f"field 'source' is {str(source)[:40]!r}, expected one of {LABEL_SOURCES}",
+        )
+    review_id = _string(obj, "review_id", MAX_ID_CHARS) if "review_id" in obj else None
+    return LabelEvent(
+        event_id=_string(obj, "event_id", MAX_ID_CHARS),
+        platform=_platform(obj),
+        item_ids=item_ids,
+        category=category,
+        source=source,
+        ts=_timestamp(obj),
+        review_id=review_id,
+        bulk="item_ids" in obj,
     )
 
 

@@ -1,12 +1,14 @@
 """The worker's internal messages: built and read here only, so both ends agree.
 
-- ``category-updates`` (key ``platform\\x1fcategory``): one labelled listing's base embedding,
-  folded into its prototype by the category's owner, and the trainer's input.
+- ``category-updates`` (key ``platform\\x1fcategory``): one item's base embedding added to
+  (or, after a correction, taken out of) its category's prototype by the category's owner;
+  the trainer's input.
 - ``clicks-by-item`` (key ``pack``, one partition per item partition): validated clicks,
   packed by the router for the join agent.
 - ``user-updates`` (key ``pack``, one partition per user partition): joined clicks, with each
   item's embedding once, for the profile agent.
-- the ``items`` table's value: an item's platform, category, base embedding and time.
+- the ``items`` table's value: an item's platform, current label, base embedding, time, and
+  the event that set what it contributes to a prototype.
 
 Packs are lists of rows, not objects: the click path's cost is per message and per field.
 """
@@ -39,12 +41,16 @@ PACK_MAX_ROWS = 500  # with every item's 384-d fp16 embedding: at most about 0.6
 
 
 class CategoryUpdate(NamedTuple):
-    """A labelled listing's base embedding (float32 on the wire: it is summed)."""
+    """An item's base embedding into (``sign`` 1) or out of (-1) its category's prototype
+    (float32 on the wire: it is summed). ``event_id`` is unique per update: the owner skips
+    one it has applied already."""
 
     event_id: str
     platform: str
     category: str
     embedding: np.ndarray
+    sign: int = 1
+    item_id: str | None = None
 
     def encode(self) -> bytes:
         return encode_json(
@@ -53,6 +59,8 @@ class CategoryUpdate(NamedTuple):
                 "platform": self.platform,
                 "category": self.category,
                 "emb": vector_to_b64(self.embedding, np.float32),
+                "sign": self.sign,
+                "item_id": self.item_id,
             }
         )
 
@@ -60,11 +68,16 @@ class CategoryUpdate(NamedTuple):
     def decode(cls, raw: bytes | str) -> CategoryUpdate:
         """Raises ValueError, KeyError or TypeError on a record that is not one."""
         update = decode_json(raw)
+        sign = update.get("sign", 1)
+        if sign not in (1, -1):
+            raise ValueError(f"sign must be 1 or -1, got {sign!r}")
         return cls(
             update["event_id"],
             update["platform"],
             update["category"],
             vector_from_b64(update["emb"], np.float32),
+            sign,
+            update.get("item_id"),
         )
 
 
@@ -127,7 +140,9 @@ def decode_user_update_pack(raw: bytes | None) -> tuple[list[JoinedClick], dict[
 
 
 def item_record(
-    platform: str, category: str | None, embedding: np.ndarray, ts: float
+    platform: str, category: str | None, embedding: np.ndarray | str, ts: float, source: str
 ) -> dict[str, Any]:
-    """The ``items`` table's value: the base embedding in fp16."""
-    return {"platform": platform, "category": category, "emb": vector_to_b64(embedding), "ts": ts}
+    """The ``items`` table's value: the base embedding in fp16 (or already as its base64),
+    and ``source``, the id of the event that set the item's label or embedding last."""
+    emb = embedding if isinstance(embedding, str) else vector_to_b64(embedding)
+    return {"platform": platform, "category": category, "emb": emb, "ts": ts, "src": source}

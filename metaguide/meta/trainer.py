@@ -1,7 +1,8 @@
 """``metaguide train``: labelled listings -> MAML -> champion/challenger gate -> snapshot.
 
-Labelled data comes from the ``category-updates`` topic (every labelled listing's base
-embedding, its platform and category, written by the workers: nothing is re-embedded), or
+Labelled data comes from the ``category-updates`` topic (every labelled item's base
+embedding, its platform and category, written by the workers: nothing is re-embedded; a
+correction's update takes an item out of its old category again), or
 from a data set for offline runs. Labels are (platform, category) pairs, split into
 meta-train and meta-validation categories. The challenger is meta-trained on the first and
 early-stopped on the second; then it and the serving snapshot (the champion; the identity
@@ -82,24 +83,26 @@ class Labelled:
         return [prototype_key(p, c) for p, c in zip(self.platforms, self.categories, strict=True)]
 
     @classmethod
-    def from_rows(
-        cls, rows: list[tuple[str, str, str, np.ndarray]], window: dict[str, Any]
-    ) -> Labelled:
-        """From (event id, platform, category, embedding) rows.
+    def from_rows(cls, rows: list[tuple[Any, ...]], window: dict[str, Any]) -> Labelled:
+        """From (event id, platform, category, embedding[, sign]) rows: what is labelled now.
 
         A redelivered event (at least once) repeats its event id; its embedding may differ in
         the last bits (another micro-batch), so the id, not the vector, says it is the same.
-        Then one row per vector: the same title listed twice embeds the same.
+        A row of sign -1 takes an item out of a category (a correction): what remains is what
+        was added and not taken out again, whatever the order. Then one row per vector and
+        category: the same title listed twice embeds the same.
         """
         seen_ids: set[str] = set()
-        seen: set[bytes] = set()
-        keep = []
-        for event_id, platform, category, emb in rows:
-            digest = np.asarray(emb, dtype=np.float16).tobytes()
-            if event_id not in seen_ids and digest not in seen:
-                seen.add(digest)
-                keep.append((platform, category, emb))
+        net: dict[tuple[str, str, bytes], list[Any]] = {}
+        for row in rows:
+            event_id, platform, category, emb = row[:4]
+            if event_id in seen_ids:
+                continue
             seen_ids.add(event_id)
+            digest = np.asarray(emb, dtype=np.float16).tobytes()
+            entry = net.setdefault((platform, category, digest), [0, emb])
+            entry[0] += row[4] if len(row) > 4 else 1
+        keep = [(p, c, entry[1]) for (p, c, _), entry in net.items() if entry[0] > 0]
         if not keep:
             return cls(np.zeros((0, 0), np.float32), [], [], window)
         return cls(
@@ -136,6 +139,7 @@ async def read_labelled(settings: Settings) -> Labelled:
                     update["platform"],
                     update["category"],
                     vector_from_b64(update["emb"], np.float32),
+                    update.get("sign", 1),
                 )
             )
         except (ValueError, KeyError, TypeError) as exc:

@@ -119,8 +119,10 @@ def compare_states(got: dict[str, Any], expected: dict[str, Any]) -> None:
     assert got["prototypes"].keys() == expected["prototypes"].keys()
     for key, (count, total) in expected["prototypes"].items():
         assert got["prototypes"][key][0] == count, key  # none lost, none twice
-        # the encoder's float32 output varies by ~1e-7 with the batch it ran in
-        np.testing.assert_allclose(got["prototypes"][key][1], total, rtol=0, atol=1e-5)
+        # the encoder's float32 output varies by ~1e-7 with the batch it ran in, which can
+        # round an item's stored fp16 embedding (what its prototype adds) one step (6e-5 at
+        # most) the other way; an item lost or counted twice moves a sum by ~0.05
+        np.testing.assert_allclose(got["prototypes"][key][1], total, rtol=0, atol=2e-3)
     assert got["users"].keys() == expected["users"].keys()
     for key, want in expected["users"].items():
         have = got["users"][key]

@@ -284,10 +284,10 @@ async def test_two_listings_of_one_item_are_applied_in_their_topic_order(
         first.update(title="a slow first version", category="Watches")
         second = {**first, "event_id": "e2", "title": "the second one", "category": "Socks"}
         await _send(broker, settings, [first, second])
-        await wait_until(
-            lambda: sum(worker.prototypes.categories().values()) == 2, 30, "both listings"
-        )
-        # the second listing's model call ended first; it was applied after the first anyway
+        # the second listing's model call ended first; it was applied after the first anyway:
+        # the item moved from Watches to Socks
+        moved = {"myntra\x1fWatches": 0, "myntra\x1fSocks": 1}
+        await wait_until(lambda: worker.prototypes.categories() == moved, 30, "both listings")
         assert worker.items[b"same"]["category"] == "Socks"
     finally:
         await worker.stop()

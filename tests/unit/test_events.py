@@ -15,6 +15,7 @@ from metaguide.contracts.events import (
     _valid_click,
     check_key,
     decode_click,
+    decode_label,
     decode_listing,
     decode_recommendation_request,
 )
@@ -200,3 +201,37 @@ def test_a_whole_float_k_is_an_integer_as_in_json_schema() -> None:
         lambda raw: decode_recommendation_request(raw, 100), "recommendation_request", event
     )
     assert decode_recommendation_request(json.dumps(event), 100).k == 5
+
+
+LABEL = {
+    "event_id": "l1",
+    "platform": "myntra",
+    "item_id": "15970",
+    "category": "Shirts",
+    "source": "reviewer",
+    "ts": 1767225600.0,
+}
+
+
+@settings(max_examples=400, deadline=None)
+@given(_mutations(LABEL, {"item_ids": ["a", "b"], "review_id": "r1", "schema": "label.v1"}))
+def test_label_decoder_agrees_with_schema(event: dict[str, Any]) -> None:
+    _agrees_with_schema(decode_label, "label", event)
+
+
+def test_a_label_names_one_item_or_many_and_may_take_a_label_off() -> None:
+    one = decode_label(json.dumps(LABEL))
+    assert (one.item_ids, one.category, one.bulk) == (("15970",), "Shirts", False)
+    bulk = {k: v for k, v in LABEL.items() if k != "item_id"}
+    many = decode_label(json.dumps({**bulk, "item_ids": ["a", "b"], "category": None}))
+    assert (many.item_ids, many.category, many.bulk) == (("a", "b"), None, True)
+    for event, reason in [
+        ({**LABEL, "item_ids": ["a"]}, "missing_field"),
+        (bulk, "missing_field"),
+        ({**LABEL, "source": "crowd"}, "unknown_source"),
+        ({**bulk, "item_ids": []}, "wrong_type"),
+        ({**bulk, "item_ids": [str(i) for i in range(1001)]}, "too_long"),
+    ]:
+        with pytest.raises(SchemaViolation) as info:
+            decode_label(json.dumps(event))
+        assert info.value.reason == reason, event

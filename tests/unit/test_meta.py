@@ -154,3 +154,21 @@ def test_trainer_input_counts_a_redelivered_event_once() -> None:
     data = Labelled.from_rows(rows, {})
     assert len(data.labels) == 2
     assert data.window["duplicates_dropped"] == 2
+
+
+def test_trainer_input_learns_from_the_corrected_label_not_the_wrong_one() -> None:
+    from metaguide.meta.trainer import Labelled
+
+    gen = np.random.default_rng(1)
+    a, b = gen.standard_normal(8).astype(np.float32), gen.standard_normal(8).astype(np.float32)
+    rows = [
+        ("e1/out", "shop", "hats", a, -1),  # the correction's removal read before the add
+        ("e1", "shop", "scarves", a, 1),
+        ("e0", "shop", "hats", a, 1),
+        ("e2", "shop", "hats", b, 1),
+        ("e1/out", "shop", "hats", a, -1),  # redelivered: counted once
+    ]
+    data = Labelled.from_rows(rows, {})
+    assert sorted(data.categories) == ["hats", "scarves"]
+    assert np.array_equal(data.x[data.categories.index("scarves")], a)
+    assert np.array_equal(data.x[data.categories.index("hats")], b)

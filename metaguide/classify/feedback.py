@@ -1,0 +1,147 @@
+"""Which listings most need a label, and which belong to no known category.
+
+- **Confidence**: the top score and its margin over the second (the scores are the softmax
+  over negative squared distances to the prototypes).
+- **Review priority** (margin sampling, Scheffer et al. 2001): a small margin means the
+  listing lies between two prototypes, where one label moves the boundary most. Optionally
+  weighted by how few examples the top category has (its prototype is the noisiest).
+- **Novelty**: how far a listing lies from its nearest prototype, as the share of a platform's
+  labelled examples that lay nearer their own category's prototype when they arrived (an
+  empirical p-value, as in conformal prediction). So 0.95 means "farther than 95% of what was
+  labelled on this platform", whatever the platform's spread.
+- **Candidate categories**: novel listings of a platform gathered by leader clustering (each
+  joins the nearest candidate within a radius, or starts one), the radius being the squared
+  distance within which the platform's labelled examples usually lie from their prototype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "CandidateClusters",
+    "Novelty",
+    "confidence",
+    "review_priority",
+]
+
+MIN_CALIBRATION = 20  # labelled distances a platform needs before anything is called novel
+
+
+def confidence(top_k: Sequence[tuple[str, float]]) -> tuple[float, float]:
+    """(top score, margin to the second) of a classification's top-k; (0, 0) for none."""
+    if not top_k:
+        return 0.0, 0.0
+    top = top_k[0][1]
+    second = top_k[1][1] if len(top_k) > 1 else 0.0
+    return top, top - second
+
+
+def review_priority(margin: float, support: int, few_weight: float = 0.0) -> float:
+    """How much a label for this listing is worth, in [0, 1 + few_weight]: 1 - margin, times
+    ``1 + few_weight / support`` (the top category's examples: few means a noisy prototype)."""
+    return (1.0 - margin) * (1.0 + few_weight / max(1, support))
+
+
+@dataclass
+class Novelty:
+    """A platform's calibration: sorted squared distances of labelled examples to their own
+    category's prototype (before they joined it)."""
+
+    distances: np.ndarray
+
+    @classmethod
+    def of(cls, distances: Sequence[float]) -> Novelty:
+        return cls(np.sort(np.asarray(distances, dtype=np.float64)))
+
+    @property
+    def ready(self) -> bool:
+        return len(self.distances) >= MIN_CALIBRATION
+
+    def score(self, nearest_d2: np.ndarray) -> np.ndarray:
+        """Novelty in [0, 1] of listings at these squared distances from their nearest
+        prototype; 0 while the platform has too few labelled distances."""
+        d = np.asarray(nearest_d2, dtype=np.float64)
+        if not self.ready:
+            return np.zeros_like(d)
+        return np.searchsorted(self.distances, d, side="left") / len(self.distances)
+
+    def radius(self, quantile: float = 0.5) -> float:
+        """The squared distance within which ``quantile`` of labelled examples lay."""
+        return float(np.quantile(self.distances, quantile)) if len(self.distances) else 0.0
+
+
+@dataclass
+class Candidate:
+    """A cluster of novel listings: its running sum and its members (item id, title, and
+    the squared distance to the centre at which it joined)."""
+
+    id: str
+    sum: np.ndarray
+    members: list[tuple[str, str, float]] = field(default_factory=list)
+
+    @property
+    def centre(self) -> np.ndarray:
+        return self.sum / max(1, len(self.members))
+
+    def nearest_titles(self, n: int = 5) -> list[str]:
+        """The titles of the ``n`` members that joined nearest the centre."""
+        return [title for _, title, _ in sorted(self.members, key=lambda m: m[2])[:n]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "sum": self.sum.tolist(), "members": self.members}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Candidate:
+        members = [(str(i), str(t), float(d)) for i, t, d in data["members"]]
+        return cls(str(data["id"]), np.asarray(data["sum"], dtype=np.float64), members)
+
+
+class CandidateClusters:
+    """One platform's candidate categories (leader clustering of its novel listings)."""
+
+    def __init__(
+        self,
+        candidates: list[Candidate] | None = None,
+        *,
+        max_candidates: int = 64,
+        max_members: int = 200,
+    ) -> None:
+        self.candidates = candidates or []
+        self.max_candidates = max_candidates
+        self.max_members = max_members
+        self._next = 1 + max((int(c.id.rpartition("-")[2]) for c in self.candidates), default=0)
+
+    def add(self, item_id: str, title: str, vector: np.ndarray, radius_d2: float) -> Candidate:
+        """Put a novel listing into the nearest candidate within ``radius_d2``, or a new one
+        (a listing already in one stays where it is: redelivery)."""
+        for c in self.candidates:
+            if any(m[0] == item_id for m in c.members):
+                return c
+        x = np.asarray(vector, dtype=np.float64)
+        best, best_d2 = None, radius_d2
+        for c in self.candidates:
+            d2 = float(((c.centre - x) ** 2).sum())
+            if d2 <= best_d2:
+                best, best_d2 = c, d2
+        if best is None:
+            best, best_d2 = Candidate(f"cand-{self._next}", np.zeros_like(x)), 0.0
+            self._next += 1
+            self.candidates.append(best)
+            if len(self.candidates) > self.max_candidates:  # the smallest, oldest goes
+                self.candidates.remove(min(self.candidates, key=lambda c: len(c.members)))
+        if len(best.members) < self.max_members:
+            best.sum += x
+            best.members.append((item_id, title, best_d2))
+        return best
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [c.to_json() for c in self.candidates]
+
+    @classmethod
+    def from_json(cls, data: list[dict[str, Any]] | None) -> CandidateClusters:
+        return cls([Candidate.from_json(c) for c in data or []])

@@ -1,0 +1,77 @@
+"""What a change to an item does to the prototypes: the moves of its embedding.
+
+An item contributes its base embedding (fp16, as the ``items`` table stores it) to the
+prototype of its current label, and to no other. So a prototype is always the mean of the
+embeddings of the items labelled with it now, whatever the history: when an item's label or
+embedding changes (a correction, a re-listing), its old contribution is taken out of the old
+prototype and its new one added to the new prototype. Taking out exactly what was added keeps
+the sums exact; a category whose count drops to zero is no longer scored.
+
+The worker (``workers/listings.py``, ``workers/labels.py``) and the feedback evaluation
+(``metaguide/eval/feedback.py``) apply labels through these functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from metaguide.classify.prototypes import CategoryPrototypes
+from metaguide.contracts.codec import vector_from_b64
+from metaguide.contracts.internal import CategoryUpdate, item_record
+
+__all__ = ["OUT_SUFFIX", "apply_moves", "moves", "relabelled"]
+
+OUT_SUFFIX = "/out"  # the id of the update that takes an event's item out of its old category
+
+
+def _contribution(item: Mapping[str, Any] | None) -> tuple[str, str, str] | None:
+    """(platform, category, base64 embedding) an item adds to a prototype, if labelled."""
+    if item is None or item.get("category") is None:
+        return None
+    return item["platform"], item["category"], item["emb"]
+
+
+def moves(
+    item_id: str, before: Mapping[str, Any] | None, after: Mapping[str, Any]
+) -> list[CategoryUpdate]:
+    """The category updates that take ``item_id`` from ``before`` (None: not stored yet) to
+    ``after``, which the event ``after["src"]`` made.
+
+    Idempotent across redelivery: the updates' ids derive from that event's id (the owner
+    skips an id it applied), and an event that ``before`` already records (its updates were
+    delivered before the item was stored) moves nothing.
+    """
+    event_id = after["src"]
+    if before is not None and before.get("src") == event_id:
+        return []
+    old, new = _contribution(before), _contribution(after)
+    if old == new:
+        return []
+    out = []
+    if old is not None:
+        platform, category, emb = old
+        vector = vector_from_b64(emb).astype(np.float32)
+        out.append(CategoryUpdate(event_id + OUT_SUFFIX, platform, category, vector, -1, item_id))
+    if new is not None:
+        platform, category, emb = new
+        vector = vector_from_b64(emb).astype(np.float32)
+        out.append(CategoryUpdate(event_id, platform, category, vector, 1, item_id))
+    return out
+
+
+def relabelled(item: Mapping[str, Any], category: str | None, event_id: str) -> dict[str, Any]:
+    """The item with a new label (None: no label) set by the event ``event_id``."""
+    return item_record(item["platform"], category, item["emb"], item["ts"], event_id)
+
+
+def apply_moves(prototypes: CategoryPrototypes, updates: list[CategoryUpdate]) -> int:
+    """Apply updates to prototypes in one process (the evaluation, tests); returns how many
+    were applied (not skipped as already seen)."""
+    applied = 0
+    for u in updates:
+        count = prototypes.update_one(u.platform, u.category, u.embedding, u.event_id, u.sign)
+        applied += count is not None
+    return applied
