@@ -135,7 +135,28 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         return 0
     if args.what in ("fewshot", "crossdomain"):
         return _eval_fewshot(args, settings, data_dir)
+    if args.what == "feedback":
+        return _eval_feedback(args, settings, data_dir)
     raise AssertionError(args.what)
+
+
+def _eval_feedback(args: argparse.Namespace, settings: Settings, data_dir: Path) -> int:
+    from metaguide.embedding.encoder import TransformerEncoder
+    from metaguide.eval import fewshot
+    from metaguide.eval.feedback import eval_feedback, format_feedback_table
+    from metaguide.eval.myntra import MYNTRA_FILE
+
+    encoder = TransformerEncoder(settings.model, device=settings.device)
+    titles = fewshot.load_title_set(
+        data_dir / MYNTRA_FILE,
+        encoder.embed_many,
+        encoder.model_id,
+        Path(settings.state_dir) / "embeddings",
+        progress=_stderr,
+    )
+    report = eval_feedback(titles, seeds=args.seeds, temperature=settings.temperature, log=_stderr)
+    print(json.dumps(report, indent=2) if args.json else format_feedback_table(report))
+    return 0
 
 
 def _eval_fewshot(args: argparse.Namespace, settings: Settings, data_dir: Path) -> int:
@@ -277,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_replay)
 
     p = sub.add_parser("eval", help="offline evaluations on the real data sets")
-    p.add_argument("what", choices=["recommend", "fewshot", "crossdomain"])
+    p.add_argument("what", choices=["recommend", "fewshot", "crossdomain", "feedback"])
     p.add_argument("--data-dir", help="folder of the data sets (default: METAGUIDE_DATA_DIR)")
     p.add_argument("--cutoff", default="2011-11-01", help="temporal split date (recommend)")
     p.add_argument("--k", type=int, default=10)
@@ -285,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=600, help="fewshot: test episodes per kind")
     p.add_argument("--seed", type=int, default=0, help="fewshot: split and sampling seed")
     p.add_argument("--second-order", action="store_true", help="fewshot: second-order MAML")
+    p.add_argument("--seeds", type=int, default=5, help="feedback: seeds (splits) to average")
     p.add_argument(
         "--target", default="Women", help="crossdomain: the held-out platform (a Myntra gender)"
     )

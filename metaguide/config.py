@@ -76,6 +76,15 @@ class Settings(BaseSettings):
     recommend_max_k: int = Field(default=100, ge=1)
     repeat_min_ratio: float = Field(default=0.5, ge=0, le=1)  # buying again is the norm above this
     temperature: float = Field(default=0.05, gt=0)
+    # feedback: review requests a platform may get an hour; the weight of a category's
+    # few examples in a listing's review priority; the novelty at which a listing is
+    # called novel; candidate categories: members before one is published, and the
+    # quantile of the platform's labelled distances that is a candidate's radius
+    review_budget_per_hour: float = Field(default=60.0, ge=0)
+    review_few_weight: float = Field(default=1.0, ge=0)
+    novelty_threshold: float = Field(default=0.9, gt=0, le=1)
+    candidate_min_members: int = Field(default=5, ge=1)
+    candidate_radius_quantile: float = Field(default=0.25, gt=0, le=1)
     snapshot_dir: str = ""  # the snapshot store folder; "" = <state_dir>/snapshots
     # in-worker training: -1 = auto (on with the embedded broker, off with a cluster, where
     # `metaguide train` runs as its own workload); 0 = off

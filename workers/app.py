@@ -22,6 +22,7 @@ from metaguide.embedding.base import Embedder
 from metaguide.embedding.batching import MicroBatcher
 from metaguide.meta.snapshots import Snapshot
 from metaguide.metrics import Metrics
+from workers.candidates import register_candidates
 from workers.clicks.path import ClickPath, register_click_path
 from workers.context import WorkerContext
 from workers.corrections.app import App
@@ -221,6 +222,9 @@ def create_worker(
         listings=raw_topic("listings"),
         labels=raw_topic("labels"),
         classifications=raw_topic("classifications"),
+        review_requests=raw_topic("review-requests"),
+        candidate_categories=raw_topic("candidate-categories"),
+        novel_listings=raw_topic("novel-listings", internal=True),
         dead_letters=raw_topic("dead-letters"),
         category_updates=raw_topic("category-updates", internal=True),
         # compacted, one partition: every worker reads all of it (workers/snapshots.py)
@@ -277,11 +281,20 @@ def create_worker(
     listings.on_items_stored.append(clicks.items_stored)
     register_listing_path(ctx, listings)
     labels = register_label_path(ctx, listings)
+    register_candidates(ctx, listings.prototypes)
     worker = Worker(ctx, encoder, batcher, listings, clicks, labels)
     register_snapshots(ctx, encoder, ctx.topics["snapshots"])
     register_ops(ctx, clicks.router_lag)
     if embedded:
         _pace_fetches(worker)
+
+    async def on_assigned(app: Any, assigned: Any, **kwargs: Any) -> None:
+        # the review budget is spent by the workers together, each on its share of listings
+        topic = ctx.topic_name("listings")
+        held = sum(1 for tp in assigned if tp.topic == topic)
+        listings.review_budget.share = held / partitions
+
+    app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
 
     @app.task
     async def track_topic_metadata() -> None:

@@ -24,12 +24,13 @@ from typing import Any
 import numpy as np
 from faust.types import StreamT
 
+from metaguide.classify.feedback import ReviewBudget, confidence, review_priority
 from metaguide.classify.labels import moves
 from metaguide.classify.prototypes import CategoryPrototypes, prototype_key
 from metaguide.contracts.codec import encode_json
 from metaguide.contracts.events import ListingEvent, check_key, decode_listing
-from metaguide.contracts.internal import CategoryUpdate, item_record
-from metaguide.contracts.records import classification_record
+from metaguide.contracts.internal import CategoryUpdate, NovelListing, item_record
+from metaguide.contracts.records import classification_record, review_record
 from metaguide.embedding.batching import MicroBatcher
 from metaguide.errors import SchemaViolation
 from metaguide.kafka.partitioner import key_partition
@@ -86,6 +87,7 @@ class ListingPath:
         self.replica = replica  # the GlobalTable behind ``prototypes``
         self.on_items_stored: list[ItemsStored] = []
         self.in_flight = InFlight(ctx.settings.max_in_flight)
+        self.review_budget = ReviewBudget(ctx.settings.review_budget_per_hour)
         self.tasks: set[asyncio.Task[None]] = set()
         self._last: dict[int, asyncio.Task[None]] = {}  # by partition: its latest step
         self._items_changelog = items.changelog_topic.get_topic_name()
@@ -190,20 +192,23 @@ class ListingPath:
         stored: list[tuple[str, dict[str, Any]]] = []
         updates: list[CategoryUpdate] = []
         unlabelled: dict[str, list[tuple[ListingEvent, np.ndarray, str]]] = defaultdict(list)
+        embedded: list[tuple[Any, ListingEvent, np.ndarray]] = []
         for (message, listing), future in zip(valid, vectors, strict=True):
             error = future.exception()
             if error is not None:  # the model failed on this text alone
                 detail = f"{type(error).__name__}: {error}"
                 await ctx.dead_letter(message, "encoder_error", detail)
-                continue
-            vector = future.result()
+            else:
+                embedded.append((message, listing, future.result()))
+        arrival_d2 = self._arrival_distances(embedded)
+        for message, listing, vector in embedded:
             key = listing.item_id.encode()
             before = store.get(key)
             category = listing.category
             if category is None and before is not None and before["platform"] == listing.platform:
                 category = before["category"]  # a label belongs to the item, not the listing
             item = item_record(listing.platform, category, vector, listing.ts, listing.event_id)
-            updates += moves(listing.item_id, before, item)
+            updates += moves(listing.item_id, before, item, arrival_d2.get(listing.event_id))
             store[key] = item
             changelog.append((key, encode_json(item)))
             stored.append((listing.item_id, item))
@@ -217,6 +222,21 @@ class ListingPath:
             await ctx.produce_many(self._items_changelog, partition, changelog)
         for hook in self.on_items_stored:
             await hook(partition, stored)
+
+    def _arrival_distances(
+        self, embedded: list[tuple[Any, ListingEvent, np.ndarray]]
+    ) -> dict[str, float]:
+        """Each labelled listing's squared distance to its platform's nearest prototype as
+        it arrives (novelty's calibration), one matrix product per platform."""
+        by_platform: dict[str, list[tuple[str, np.ndarray]]] = defaultdict(list)
+        for _, listing, vector in embedded:
+            if listing.category is not None:
+                by_platform[listing.platform].append((listing.event_id, vector))
+        out: dict[str, float] = {}
+        for platform, rows in by_platform.items():
+            d2 = self.prototypes.nearest_d2(platform, np.stack([v for _, v in rows]))
+            out.update(zip([e for e, _ in rows], d2.tolist(), strict=True))
+        return out
 
     def send_moves(self, updates: list[CategoryUpdate]) -> list[Awaitable[None]]:
         """The sends of category updates to their owners' partitions, one record batch each."""
@@ -236,27 +256,74 @@ class ListingPath:
         self, by_platform: dict[str, list[tuple[ListingEvent, np.ndarray, str]]]
     ) -> list[Awaitable[None]]:
         """One matrix product per platform, with the snapshot serving now (read once: each
-        classification names the snapshot that scored it); returns the sends."""
+        classification names the snapshot that scored it), and the novelty and review
+        priority of each listing; returns the sends."""
         ctx = self.ctx
+        settings = ctx.settings
         snapshot = ctx.snapshot
         version = BASE_MODEL_VERSION if snapshot is None else snapshot.version
-        partitions = ctx.settings.partitions
+        partitions = settings.partitions
         out: dict[int, Records] = defaultdict(list)
+        reviews: dict[int, Records] = defaultdict(list)
+        novel: list[NovelListing] = []
         now = time.time()
         for platform, rows in by_platform.items():
             transform = None if snapshot is None else snapshot.adapter_for(platform).apply
-            top = self.prototypes.nearest_many(
-                platform, np.stack([v for _, v, _ in rows]), ctx.settings.top_k, transform
-            )
+            x = np.stack([v for _, v, _ in rows])
+            top = self.prototypes.nearest_many(platform, x, settings.top_k, transform)
+            novelty = self.prototypes.novelty_many(platform, x).tolist()
+            support = self.prototypes.support(platform)
+            margins = [confidence(top_k)[1] for top_k in top]
+            priorities = [
+                review_priority(m, support.get(t[0][0], 1) if t else 1, settings.review_few_weight)
+                for m, t in zip(margins, top, strict=True)
+            ]
             emitted, latency = self._listing_metrics(platform, rows[0][2])
-            for (listing, _, _), top_k in zip(rows, top, strict=True):
+            for i, ((listing, vector, _), top_k) in enumerate(zip(rows, top, strict=True)):
                 key = listing.item_id.encode()
-                record = classification_record(listing, top_k, version)
+                is_novel = novelty[i] >= settings.novelty_threshold
+                record = classification_record(
+                    listing, top_k, version, margin=margins[i], novelty=novelty[i], novel=is_novel
+                )
                 out[key_partition(key, partitions)].append((key, encode_json(record)))
                 latency.observe(max(0.0, now - listing.ts))
+                if is_novel:
+                    novel.append(NovelListing.of(listing, vector))
             emitted.inc(len(rows))
+            for i in self.review_budget.offer(platform, priorities, time.monotonic()):
+                listing, top_k = rows[i][0], top[i]
+                record = review_record(
+                    listing,
+                    top_k,
+                    version,
+                    margin=margins[i],
+                    novelty=novelty[i],
+                    priority=priorities[i],
+                )
+                key = listing.item_id.encode()
+                reviews[key_partition(key, partitions)].append((key, encode_json(record)))
+                ctx.metrics.review_requests.labels(platform).inc()
+        sends: list[Awaitable[None]] = []
         topic = ctx.topic_name("classifications")
-        return [ctx.produce_many(topic, target, records) for target, records in out.items()]
+        sends += [ctx.produce_many(topic, target, records) for target, records in out.items()]
+        topic = ctx.topic_name("review_requests")
+        sends += [ctx.produce_many(topic, target, records) for target, records in reviews.items()]
+        if novel:
+            sends.append(self._send_novel(novel))
+        return sends
+
+    async def _send_novel(self, novel: list[NovelListing]) -> None:
+        """Novel listings to their platform's candidate-category owner."""
+        partitions = self.ctx.settings.partitions
+        by_partition: dict[int, Records] = defaultdict(list)
+        for listing in novel:
+            key = listing.platform.encode()
+            by_partition[key_partition(key, partitions)].append((key, listing.encode()))
+            self.ctx.metrics.novel_listings.labels(listing.platform).inc()
+        topic = self.ctx.topic_name("novel_listings")
+        await asyncio.gather(
+            *(self.ctx.produce_many(topic, p, records) for p, records in by_partition.items())
+        )
 
     def _listing_metrics(self, platform: str, topic: str) -> tuple[Any, Any]:
         """A platform's classification counter and a topic's latency histogram, looked up
@@ -282,7 +349,12 @@ class ListingPath:
         """
         update = CategoryUpdate.decode(raw)
         count = self.prototype_owner.update_one(
-            update.platform, update.category, update.embedding, update.event_id, update.sign
+            update.platform,
+            update.category,
+            update.embedding,
+            update.event_id,
+            update.sign,
+            update.nearest_d2,
         )
         metrics = self.ctx.metrics
         if count is None:

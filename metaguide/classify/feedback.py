@@ -10,12 +10,14 @@
   empirical p-value, as in conformal prediction). So 0.95 means "farther than 95% of what was
   labelled on this platform", whatever the platform's spread.
 - **Candidate categories**: novel listings of a platform gathered by leader clustering (each
-  joins the nearest candidate within a radius, or starts one), the radius being the squared
-  distance within which the platform's labelled examples usually lie from their prototype.
+  joins the nearest candidate within its reach, or starts one); the reach is the squared
+  distance within which the platform's labelled examples usually lie from their prototype,
+  widened for a candidate of few members (its centre is rougher).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,11 +27,14 @@ import numpy as np
 __all__ = [
     "CandidateClusters",
     "Novelty",
+    "ReviewBudget",
     "confidence",
     "review_priority",
 ]
 
 MIN_CALIBRATION = 20  # labelled distances a platform needs before anything is called novel
+REVIEW_WINDOW = 1000  # recent priorities a platform's review threshold is taken from
+REVIEW_WARMUP = 50  # priorities seen before the first request
 
 
 def confidence(top_k: Sequence[tuple[str, float]]) -> tuple[float, float]:
@@ -45,6 +50,60 @@ def review_priority(margin: float, support: int, few_weight: float = 0.0) -> flo
     """How much a label for this listing is worth, in [0, 1 + few_weight]: 1 - margin, times
     ``1 + few_weight / support`` (the top category's examples: few means a noisy prototype)."""
     return (1.0 - margin) * (1.0 + few_weight / max(1, support))
+
+
+@dataclass
+class _Spending:
+    tokens: float
+    last: float
+    recent: deque[tuple[float, float]]  # (time, priority)
+
+
+class ReviewBudget:
+    """Spends each platform's budget of review requests per hour on the listings most worth
+    a label.
+
+    A token bucket holds the budget (refilled at ``per_hour`` x ``share`` an hour, at most
+    five minutes' worth saved up); a listing is asked about when a token is left and its
+    priority is in the top fraction of the platform's recent priorities that the budget can
+    afford at the current arrival rate. ``share`` is this worker's share of the platform's
+    listings (the share of the listing partitions it holds): the workers together spend the
+    budget.
+    """
+
+    def __init__(self, per_hour: float, share: float = 1.0) -> None:
+        self.per_hour = per_hour
+        self.share = share
+        self._platforms: dict[str, _Spending] = {}
+
+    def offer(self, platform: str, priorities: Sequence[float], now: float) -> list[int]:
+        """The indices of the listings (a batch arriving at ``now``, with these priorities)
+        to ask about, best first."""
+        rate = self.per_hour * self.share / 3600.0  # requests a second
+        capacity = max(1.0, rate * 300.0)
+        spending = self._platforms.get(platform)
+        if spending is None:
+            spending = _Spending(capacity, now, deque(maxlen=REVIEW_WINDOW))
+            self._platforms[platform] = spending
+        spending.tokens = min(capacity, spending.tokens + (now - spending.last) * rate)
+        spending.last = now
+        recent = spending.recent
+        # a batch is judged against what arrived before it
+        if len(recent) < REVIEW_WARMUP or spending.tokens < 1.0 or rate <= 0:
+            recent.extend((now, p) for p in priorities)
+            return []
+        span = now - recent[0][0]
+        arrivals = (len(recent) + len(priorities)) / span if span > 0 else float("inf")
+        share = min(1.0, rate / arrivals)
+        threshold = float(np.quantile([p for _, p in recent], 1.0 - share))
+        recent.extend((now, p) for p in priorities)
+        chosen = []
+        for i in sorted(range(len(priorities)), key=lambda i: -priorities[i]):
+            if priorities[i] < threshold or spending.tokens < 1.0:
+                break
+            spending.tokens -= 1.0
+            chosen.append(i)
+        return chosen
 
 
 @dataclass
@@ -117,19 +176,23 @@ class CandidateClusters:
         self._next = 1 + max((int(c.id.rpartition("-")[2]) for c in self.candidates), default=0)
 
     def add(self, item_id: str, title: str, vector: np.ndarray, radius_d2: float) -> Candidate:
-        """Put a novel listing into the nearest candidate within ``radius_d2``, or a new one
-        (a listing already in one stays where it is: redelivery)."""
+        """Put a novel listing into the candidate whose centre is nearest relative to its
+        reach (``radius_d2`` times 1 + 1/members), or into a new one (a listing already in
+        one stays where it is: redelivery)."""
         for c in self.candidates:
             if any(m[0] == item_id for m in c.members):
                 return c
         x = np.asarray(vector, dtype=np.float64)
-        best, best_d2 = None, radius_d2
+        best, best_ratio = None, 1.0
         for c in self.candidates:
-            d2 = float(((c.centre - x) ** 2).sum())
-            if d2 <= best_d2:
-                best, best_d2 = c, d2
+            # a point lies about (1 + 1/n) sigma^2 from the mean of n points of its kind: a
+            # young candidate's centre is a rough one, so it reaches farther
+            ratio = float(((c.centre - x) ** 2).sum()) / (radius_d2 * (1 + 1 / len(c.members)))
+            if ratio <= best_ratio:
+                best, best_ratio = c, ratio
+        best_d2 = 0.0 if best is None else float(((best.centre - x) ** 2).sum())
         if best is None:
-            best, best_d2 = Candidate(f"cand-{self._next}", np.zeros_like(x)), 0.0
+            best = Candidate(f"cand-{self._next}", np.zeros_like(x))
             self._next += 1
             self.candidates.append(best)
             if len(self.candidates) > self.max_candidates:  # the smallest, oldest goes

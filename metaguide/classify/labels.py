@@ -35,10 +35,14 @@ def _contribution(item: Mapping[str, Any] | None) -> tuple[str, str, str] | None
 
 
 def moves(
-    item_id: str, before: Mapping[str, Any] | None, after: Mapping[str, Any]
+    item_id: str,
+    before: Mapping[str, Any] | None,
+    after: Mapping[str, Any],
+    nearest_d2: float | None = None,
 ) -> list[CategoryUpdate]:
     """The category updates that take ``item_id`` from ``before`` (None: not stored yet) to
-    ``after``, which the event ``after["src"]`` made.
+    ``after``, which the event ``after["src"]`` made. ``nearest_d2`` (the embedding's
+    distance to the nearest prototype, as the listing arrived) goes with the addition.
 
     Idempotent across redelivery: the updates' ids derive from that event's id (the owner
     skips an id it applied), and an event that ``before`` already records (its updates were
@@ -58,7 +62,9 @@ def moves(
     if new is not None:
         platform, category, emb = new
         vector = vector_from_b64(emb).astype(np.float32)
-        out.append(CategoryUpdate(event_id, platform, category, vector, 1, item_id))
+        if nearest_d2 is not None and not np.isfinite(nearest_d2):
+            nearest_d2 = None  # the platform's first prototype: nothing was near
+        out.append(CategoryUpdate(event_id, platform, category, vector, 1, item_id, nearest_d2))
     return out
 
 
@@ -72,6 +78,8 @@ def apply_moves(prototypes: CategoryPrototypes, updates: list[CategoryUpdate]) -
     were applied (not skipped as already seen)."""
     applied = 0
     for u in updates:
-        count = prototypes.update_one(u.platform, u.category, u.embedding, u.event_id, u.sign)
+        count = prototypes.update_one(
+            u.platform, u.category, u.embedding, u.event_id, u.sign, u.nearest_d2
+        )
         applied += count is not None
     return applied

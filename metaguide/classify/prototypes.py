@@ -15,11 +15,14 @@ from typing import Any
 
 import numpy as np
 
+from metaguide.classify.feedback import Novelty
+
 __all__ = ["Prototype", "CategoryPrototypes", "prototype_key", "split_key", "softmax_scores"]
 
 log = logging.getLogger("metaguide.prototypes")
 
 RECENT_IDS = 64
+RECENT_D2 = 16  # per category: its latest examples' distances to the nearest prototype
 _SEP = "\x1f"  # ASCII unit separator: cannot appear in a platform id
 
 
@@ -104,6 +107,7 @@ class CategoryPrototypes:
         # per platform: category names, their means (rows) and the means' squared norms
         self._means: dict[str, tuple[list[str], np.ndarray, np.ndarray]] = {}
         self._seen_counts: dict[str, dict[str, int]] = {}
+        self._novelty: dict[str, Novelty] = {}
         self._checked_at: dict[str, float] = {}
         # per platform: (the means it was computed from, the transform, transform(means) and
         # their squared norms)
@@ -116,9 +120,15 @@ class CategoryPrototypes:
         embedding: np.ndarray,
         event_id: str | None = None,
         sign: int = 1,
+        nearest_d2: float | None = None,
     ) -> int | None:
         """Add (``sign`` 1) or take out (-1) one labelled embedding; returns the new count,
         or None for a redelivered event.
+
+        How far an added embedding lay from the nearest prototype as it arrived calibrates
+        novelty (the category's last ``RECENT_D2`` are kept): ``nearest_d2``, measured by the
+        listing path against every prototype it knew, or the distance to this category's
+        prototype before the addition when that is nearer (the caller's view may lag).
 
         The last ``RECENT_IDS`` event ids of each category are kept in its state, so an event
         redelivered after a crash (at-least-once) is not counted twice. A category taken down
@@ -133,13 +143,19 @@ class CategoryPrototypes:
             recent = (recent + [event_id])[-RECENT_IDS:]
         vector = np.asarray(embedding, dtype=np.float64)
         proto = Prototype.from_json(state) if state else Prototype(np.zeros_like(vector), 0)
+        distances: list[float] = [] if state is None else list(state.get("d2", []))
         if sign > 0:
+            if proto.count > 0:  # not a category's first example: that one is novel
+                d2 = float(((vector - proto.mean) ** 2).sum())
+                if nearest_d2 is not None and np.isfinite(nearest_d2):
+                    d2 = min(d2, nearest_d2)
+                distances = (distances + [d2])[-RECENT_D2:]
             proto.add_one(vector)
         else:
             proto.remove_one(vector)
             if proto.count < 0:  # its add comes later: sums commute, the count is not scored
                 log.warning("%s took out an example not added yet (event %s)", key, event_id)
-        self.store[key] = {**proto.to_json(), "recent": recent}
+        self.store[key] = {**proto.to_json(), "recent": recent, "d2": distances}
         self.invalidate()
         return proto.count
 
@@ -180,7 +196,37 @@ class CategoryPrototypes:
             means = np.zeros((0, 0), dtype=np.float32)
         self._means[platform] = (names, means, (means * means).sum(1))
         self._seen_counts[platform] = counts
+        self._novelty[platform] = Novelty.of(
+            [d for n in names for d in self.store[prototype_key(platform, n)].get("d2", ())]
+        )
         return self._means[platform]
+
+    def novelty(self, platform: str) -> Novelty:
+        """The platform's novelty calibration (its labelled examples' distances)."""
+        self._matrix(platform)
+        return self._novelty[platform]
+
+    def nearest_d2(self, platform: str, embeddings: np.ndarray) -> np.ndarray:
+        """Squared distance of each row to the platform's nearest prototype (base space);
+        inf with none."""
+        names, means, sq_norms = self._matrix(platform)
+        x = np.asarray(embeddings, dtype=np.float32)
+        if not names:
+            return np.full(len(x), np.inf)
+        d2 = (x * x).sum(1, keepdims=True) - 2.0 * x @ means.T + sq_norms
+        return np.maximum(d2.min(axis=1), 0.0).astype(np.float64)
+
+    def novelty_many(self, platform: str, embeddings: np.ndarray) -> np.ndarray:
+        """Novelty in [0, 1] of each row: the share of the platform's labelled examples
+        that lay nearer a prototype when they arrived than this one lies now (a conformal
+        p-value's complement); 0 while too few examples calibrate it."""
+        d2 = self.nearest_d2(platform, embeddings)
+        return self._novelty[platform].score(d2)
+
+    def support(self, platform: str) -> dict[str, int]:
+        """Examples per scored category of a platform (as of the last scoring)."""
+        self._matrix(platform)
+        return self._seen_counts[platform]
 
     def nearest_many(
         self,

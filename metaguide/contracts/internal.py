@@ -7,6 +7,8 @@
   packed by the router for the join agent.
 - ``user-updates`` (key ``pack``, one partition per user partition): joined clicks, with each
   item's embedding once, for the profile agent.
+- ``novel-listings`` (key: platform): listings far from every prototype, with their base
+  embedding, for the platform's candidate categories.
 - the ``items`` table's value: an item's platform, current label, base embedding, time, and
   the event that set what it contributes to a prototype.
 
@@ -27,6 +29,7 @@ __all__ = [
     "PACK_MAX_ROWS",
     "CategoryUpdate",
     "JoinedClick",
+    "NovelListing",
     "RoutedClick",
     "chunks",
     "decode_click_pack",
@@ -51,6 +54,7 @@ class CategoryUpdate(NamedTuple):
     embedding: np.ndarray
     sign: int = 1
     item_id: str | None = None
+    nearest_d2: float | None = None  # to the platform's nearest prototype, on arrival
 
     def encode(self) -> bytes:
         return encode_json(
@@ -61,6 +65,7 @@ class CategoryUpdate(NamedTuple):
                 "emb": vector_to_b64(self.embedding, np.float32),
                 "sign": self.sign,
                 "item_id": self.item_id,
+                "d2": self.nearest_d2,
             }
         )
 
@@ -78,7 +83,40 @@ class CategoryUpdate(NamedTuple):
             vector_from_b64(update["emb"], np.float32),
             sign,
             update.get("item_id"),
+            update.get("d2"),
         )
+
+
+class NovelListing(NamedTuple):
+    """A listing far from every prototype, on its way to its platform's candidate owner."""
+
+    event_id: str
+    platform: str
+    item_id: str
+    title: str
+    embedding: np.ndarray
+
+    @classmethod
+    def of(cls, listing: Any, embedding: np.ndarray) -> NovelListing:
+        return cls(listing.event_id, listing.platform, listing.item_id, listing.title, embedding)
+
+    def encode(self) -> bytes:
+        return encode_json(
+            {
+                "event_id": self.event_id,
+                "platform": self.platform,
+                "item_id": self.item_id,
+                "title": self.title,
+                "emb": vector_to_b64(self.embedding),
+            }
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> NovelListing:
+        """Raises ValueError, KeyError or TypeError on a record that is not one."""
+        d = decode_json(raw)
+        emb = vector_from_b64(d["emb"]).astype(np.float32)
+        return cls(d["event_id"], d["platform"], d["item_id"], d["title"], emb)
 
 
 class JoinedClick(NamedTuple):

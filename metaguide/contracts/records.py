@@ -9,13 +9,29 @@ from typing import Any
 
 from metaguide.contracts.events import ListingEvent
 
-__all__ = ["classification_record", "dead_letter_of", "dead_letter_record"]
+__all__ = [
+    "candidate_record",
+    "classification_record",
+    "dead_letter_of",
+    "dead_letter_record",
+    "review_record",
+]
 
 log = logging.getLogger("metaguide.dead_letters")
 
 
+def _top_k(top_k: list[tuple[str, float]]) -> list[dict[str, Any]]:
+    return [{"category": c, "score": round(s, 6)} for c, s in top_k]
+
+
 def classification_record(
-    listing: ListingEvent, top_k: list[tuple[str, float]], model_version: str
+    listing: ListingEvent,
+    top_k: list[tuple[str, float]],
+    model_version: str,
+    *,
+    margin: float = 0.0,
+    novelty: float = 0.0,
+    novel: bool = False,
 ) -> dict[str, Any]:
     """The output for one unlabelled listing (``schemas/classification.v1.json``)."""
     return {
@@ -23,9 +39,55 @@ def classification_record(
         "event_id": listing.event_id,
         "platform": listing.platform,
         "item_id": listing.item_id,
-        "top_k": [{"category": c, "score": round(s, 6)} for c, s in top_k],
+        "top_k": _top_k(top_k),
+        "confidence": round(top_k[0][1], 6) if top_k else 0.0,
+        "margin": round(margin, 6),
+        "novelty": round(novelty, 4),
+        "novel": novel,
         "model_version": model_version,
         "listing_ts": listing.ts,
+        "ts": time.time(),
+    }
+
+
+def review_record(
+    listing: ListingEvent,
+    top_k: list[tuple[str, float]],
+    model_version: str,
+    *,
+    margin: float,
+    novelty: float,
+    priority: float,
+) -> dict[str, Any]:
+    """A request for a label (``schemas/review_request.v1.json``)."""
+    return {
+        "schema": "review_request.v1",
+        "review_id": f"review:{listing.event_id}"[:128],
+        "event_id": listing.event_id,
+        "platform": listing.platform,
+        "item_id": listing.item_id,
+        "title": listing.title,
+        "top_k": _top_k(top_k),
+        "confidence": round(top_k[0][1], 6) if top_k else 0.0,
+        "margin": round(margin, 6),
+        "novelty": round(novelty, 4),
+        "priority": round(priority, 6),
+        "model_version": model_version,
+        "ts": time.time(),
+    }
+
+
+def candidate_record(
+    platform: str, candidate_id: str, item_ids: list[str], titles: list[str]
+) -> dict[str, Any]:
+    """A candidate new category (``schemas/candidate_category.v1.json``)."""
+    return {
+        "schema": "candidate_category.v1",
+        "platform": platform,
+        "candidate_id": candidate_id,
+        "size": len(item_ids),
+        "item_ids": item_ids,
+        "titles": titles,
         "ts": time.time(),
     }
 

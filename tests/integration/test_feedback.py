@@ -116,3 +116,55 @@ async def test_a_label_waits_for_its_listing_and_a_bulk_label_labels_every_item(
     letters = await read_topic(broker.bootstrap, settings.topic("dead-letters"), 1)
     assert letters[0]["reason"] == "item_not_found"
     assert "no-such-item" in letters[0]["detail"]
+
+
+async def test_uncertain_listings_are_sent_for_review_and_novel_ones_gather_as_a_candidate(
+    broker: Any, worker_settings: Any, start_worker: Any
+) -> None:
+    split = _split(KNOWN, shots=6, test_per_category=20)  # 20 arrivals calibrate novelty
+    # one review a second at most: a small share of what arrives here
+    settings = worker_settings(review_budget_per_hour=3600.0, candidate_min_members=3)
+    worker = await start_worker(settings)
+    await _learned(broker, settings, worker, split)
+    perfumes = [x for x in load_myntra() if x.category == "Perfume and Body Mist"][:8]
+    stream = [listing_event(x, labelled=False) for x in split.test + perfumes]
+    await _send(broker, settings, "listings", stream)
+    out = await read_topic(broker.bootstrap, settings.topic("classifications"), len(stream))
+    by_item = {r["item_id"]: r for r in out}
+    novel = {r["item_id"] for r in out if r["novel"]}
+    perfume_ids = {x.item_id for x in perfumes}
+    assert len(novel & perfume_ids) >= 6, [by_item[i]["novelty"] for i in perfume_ids]
+    assert len(novel - perfume_ids) <= 2
+    # the least certain title so far, listed again: nothing seen is more worth a label
+    titles = {x.item_id: x.title for x in split.test + perfumes}
+    least = min(out, key=lambda r: r["margin"])
+    again = [
+        {**listing_event(split.test[0], labelled=False), "item_id": f"again-{i}"}
+        | {"event_id": f"again-{i}", "title": titles[least["item_id"]]}
+        for i in range(2)
+    ]
+    requests = worker.metrics.review_requests
+    asked = worker.metrics.value(requests, platform="myntra")
+    await _send(broker, settings, "listings", again)
+    await wait_until(
+        lambda: worker.metrics.value(requests, platform="myntra") > asked,
+        30,
+        "the least certain title asked about",
+    )
+    reviews = await read_topic(broker.bootstrap, settings.topic("review-requests"), 1)
+    median_margin = float(np.median([r["margin"] for r in out]))
+    for review in reviews:
+        jsonschema.validate(review, load_schema("review_request"))
+        assert review["margin"] <= median_margin, (review, median_margin)
+    # the perfumes gather into one candidate category
+    (candidate, *_) = await read_topic(broker.bootstrap, settings.topic("candidate-categories"), 1)
+    jsonschema.validate(candidate, load_schema("candidate_category"))
+    members = set(candidate["item_ids"])
+    assert len(members & perfume_ids) >= 0.8 * len(members), candidate
+    # a reviewer names it with one bulk label, and the category exists from then on
+    bulk = {**label("name-it", "", "Perfume and Body Mist"), "item_ids": sorted(members)}
+    del bulk["item_id"]
+    await _send(broker, settings, "labels", [bulk], key="event_id")
+    await wait_until(
+        lambda: _counts(worker).get("Perfume and Body Mist") == len(members), 30, "named"
+    )
