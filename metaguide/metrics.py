@@ -267,6 +267,18 @@ class Metrics:
                     return float(sample.value)
         return 0.0
 
+    @staticmethod
+    def total(metric: Any) -> float:
+        """A counter's value summed over all its label values."""
+        return float(
+            sum(
+                sample.value
+                for family in metric.collect()
+                for sample in family.samples
+                if sample.name.endswith("_total")
+            )
+        )
+
     def exposition(self) -> bytes:
         """The text exposition format, as a scrape sees it."""
         return generate_latest(self.registry)

@@ -288,3 +288,21 @@ def test_dashboard_and_alerts_use_only_metrics_the_worker_exports() -> None:
     }
     assert not missing, missing
     assert len(dashboard["panels"]) >= 10
+
+
+def test_every_topic_a_worker_uses_is_declared_for_the_cluster(worker_settings: Any) -> None:
+    from workers.app import create_worker
+
+    class _NoModel:  # topics only: nothing is embedded
+        model_id = "none"
+        dim = 4
+        streams = 1
+
+        def embed_many(self, texts: list[str]) -> Any:
+            raise AssertionError("not called")
+
+    settings = worker_settings(topic_prefix="metaguide.")
+    worker = create_worker(settings, encoder=_NoModel())
+    used = {topic.get_topic_name() for topic in worker.ctx.topics.values()}
+    declared = {d["spec"]["topicName"] for d in render("cpu") if d["kind"] == "KafkaTopic"}
+    assert used == declared
