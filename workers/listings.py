@@ -184,11 +184,14 @@ class ListingPath:
         vectors: list[asyncio.Future[np.ndarray]],
     ) -> None:
         """Store the batch's items in order; send the moves of their embeddings between
-        prototypes and the classifications, then the items' changelog records (an item
-        stored durably has had its moves delivered: see ``metaguide/classify/labels.py``)."""
+        prototypes, the classifications and the changelog records of the items that move
+        nothing, then those of the items that do (an item stored durably has had its moves
+        delivered: see ``metaguide/classify/labels.py``)."""
         ctx = self.ctx
         store = self.items.data
-        changelog: Records = []
+        changelog: Records = []  # items that move nothing
+        after_moves: Records = []  # items whose moves go first (and later versions of them)
+        moved_keys: set[bytes] = set()
         stored: list[tuple[str, dict[str, Any]]] = []
         updates: list[CategoryUpdate] = []
         unlabelled: dict[str, list[tuple[ListingEvent, np.ndarray, str]]] = defaultdict(list)
@@ -208,18 +211,25 @@ class ListingPath:
             if category is None and before is not None and before["platform"] == listing.platform:
                 category = before["category"]  # a label belongs to the item, not the listing
             item = item_record(listing.platform, category, vector, listing.ts, listing.event_id)
-            updates += moves(listing.item_id, before, item, arrival_d2.get(listing.event_id))
+            moved = moves(listing.item_id, before, item, arrival_d2.get(listing.event_id))
             store[key] = item
-            changelog.append((key, encode_json(item)))
+            if moved or key in moved_keys:  # stored once its moves are delivered
+                updates += moved
+                moved_keys.add(key)
+                after_moves.append((key, encode_json(item)))
+            else:
+                changelog.append((key, encode_json(item)))
             stored.append((listing.item_id, item))
             if listing.category is None:
                 unlabelled[listing.platform].append((listing, vector, message.topic))
         sends = self.send_moves(updates)  # to other partitions: side by side, each in order
         if unlabelled:
             sends += self._classify(unlabelled)
-        await asyncio.gather(*sends)
         if changelog:
-            await ctx.produce_many(self._items_changelog, partition, changelog)
+            sends.append(ctx.produce_many(self._items_changelog, partition, changelog))
+        await asyncio.gather(*sends)
+        if after_moves:
+            await ctx.produce_many(self._items_changelog, partition, after_moves)
         for hook in self.on_items_stored:
             await hook(partition, stored)
 

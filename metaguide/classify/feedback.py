@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from metaguide.contracts.codec import vector_from_b64, vector_to_b64
+
 __all__ = [
     "CandidateClusters",
     "Novelty",
@@ -136,28 +138,35 @@ class Novelty:
 
 @dataclass
 class Candidate:
-    """A cluster of novel listings: its running sum and its members (item id, title, and
-    the squared distance to the centre at which it joined)."""
+    """A cluster of novel listings: its running sum, its size, and its first members (item
+    id, title, and the squared distance to the centre at which it joined)."""
 
     id: str
     sum: np.ndarray
+    size: int = 0
     members: list[tuple[str, str, float]] = field(default_factory=list)
 
     @property
     def centre(self) -> np.ndarray:
-        return self.sum / max(1, len(self.members))
+        return self.sum / max(1, self.size)
 
     def nearest_titles(self, n: int = 5) -> list[str]:
         """The titles of the ``n`` members that joined nearest the centre."""
         return [title for _, title, _ in sorted(self.members, key=lambda m: m[2])[:n]]
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "sum": self.sum.tolist(), "members": self.members}
+        return {
+            "id": self.id,
+            "sum": vector_to_b64(self.sum, np.float32),
+            "size": self.size,
+            "members": self.members,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Candidate:
         members = [(str(i), str(t), float(d)) for i, t, d in data["members"]]
-        return cls(str(data["id"]), np.asarray(data["sum"], dtype=np.float64), members)
+        total = vector_from_b64(data["sum"], np.float32).astype(np.float64)
+        return cls(str(data["id"]), total, int(data["size"]), members)
 
 
 class CandidateClusters:
@@ -168,17 +177,19 @@ class CandidateClusters:
         candidates: list[Candidate] | None = None,
         *,
         max_candidates: int = 64,
-        max_members: int = 200,
+        max_members: int = 50,
     ) -> None:
         self.candidates = candidates or []
         self.max_candidates = max_candidates
-        self.max_members = max_members
+        self.max_members = max_members  # members listed (the size counts them all)
         self._next = 1 + max((int(c.id.rpartition("-")[2]) for c in self.candidates), default=0)
+        self.evicted: list[Candidate] = []
 
     def add(self, item_id: str, title: str, vector: np.ndarray, radius_d2: float) -> Candidate:
         """Put a novel listing into the candidate whose centre is nearest relative to its
-        reach (``radius_d2`` times 1 + 1/members), or into a new one (a listing already in
-        one stays where it is: redelivery)."""
+        reach (``radius_d2`` times 1 + 1/size), or into a new one (a listed member stays
+        where it is: redelivery). A new candidate beyond ``max_candidates`` evicts the
+        smallest (in ``evicted``)."""
         for c in self.candidates:
             if any(m[0] == item_id for m in c.members):
                 return c
@@ -187,7 +198,7 @@ class CandidateClusters:
         for c in self.candidates:
             # a point lies about (1 + 1/n) sigma^2 from the mean of n points of its kind: a
             # young candidate's centre is a rough one, so it reaches farther
-            ratio = float(((c.centre - x) ** 2).sum()) / (radius_d2 * (1 + 1 / len(c.members)))
+            ratio = float(((c.centre - x) ** 2).sum()) / (radius_d2 * (1 + 1 / c.size))
             if ratio <= best_ratio:
                 best, best_ratio = c, ratio
         best_d2 = 0.0 if best is None else float(((best.centre - x) ** 2).sum())
@@ -195,16 +206,12 @@ class CandidateClusters:
             best = Candidate(f"cand-{self._next}", np.zeros_like(x))
             self._next += 1
             self.candidates.append(best)
-            if len(self.candidates) > self.max_candidates:  # the smallest, oldest goes
-                self.candidates.remove(min(self.candidates, key=lambda c: len(c.members)))
+            if len(self.candidates) > self.max_candidates:
+                smallest = min(self.candidates[:-1], key=lambda c: c.size)
+                self.candidates.remove(smallest)
+                self.evicted.append(smallest)
+        best.sum += x
+        best.size += 1
         if len(best.members) < self.max_members:
-            best.sum += x
             best.members.append((item_id, title, best_d2))
         return best
-
-    def to_json(self) -> list[dict[str, Any]]:
-        return [c.to_json() for c in self.candidates]
-
-    @classmethod
-    def from_json(cls, data: list[dict[str, Any]] | None) -> CandidateClusters:
-        return cls([Candidate.from_json(c) for c in data or []])

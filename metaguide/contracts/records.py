@@ -78,14 +78,14 @@ def review_record(
 
 
 def candidate_record(
-    platform: str, candidate_id: str, item_ids: list[str], titles: list[str]
+    platform: str, candidate_id: str, item_ids: list[str], titles: list[str], size: int
 ) -> dict[str, Any]:
     """A candidate new category (``schemas/candidate_category.v1.json``)."""
     return {
         "schema": "candidate_category.v1",
         "platform": platform,
         "candidate_id": candidate_id,
-        "size": len(item_ids),
+        "size": size,
         "item_ids": item_ids,
         "titles": titles,
         "ts": time.time(),

@@ -309,11 +309,11 @@ def novelty(
     is_new = np.array([labels[i] in held for i in stream])
     calibration = cat.prototypes.novelty(PLATFORM)
     radius = calibration.radius(radius_quantile)
-    clusters = CandidateClusters()
+    clusters = CandidateClusters(max_members=len(stream))  # every member listed: purity
     flagged = [i for i, s in zip(stream, scores, strict=True) if s >= threshold]
     for i in flagged:
         clusters.add(str(i), titles.listings[i].title, titles.x[i], radius)
-    big = [c for c in clusters.candidates if len(c.members) >= min_members]
+    big = [c for c in clusters.candidates if c.size >= min_members]
     purities, discovered = [], set()
     for candidate in big:
         members = candidate.members

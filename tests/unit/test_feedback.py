@@ -10,6 +10,7 @@ import numpy as np
 from metaguide.classify.feedback import (
     MIN_CALIBRATION,
     REVIEW_WARMUP,
+    Candidate,
     CandidateClusters,
     Novelty,
     ReviewBudget,
@@ -84,8 +85,11 @@ def test_candidates_gather_near_listings_and_split_far_ones() -> None:
     assert b is not a
     assert clusters.add("2", "red cap", np.array([0.9, 0.1]), radius_d2=0.5) is a  # again
     assert [m[0] for m in a.members] == ["1", "2"]
-    restored = CandidateClusters.from_json(json.loads(json.dumps(clusters.to_json())))
-    assert [c.id for c in restored.candidates] == [a.id, b.id]
+    restored = CandidateClusters(
+        [Candidate.from_json(json.loads(json.dumps(c.to_json()))) for c in clusters.candidates]
+    )
+    assert [(c.id, c.size) for c in restored.candidates] == [(a.id, 2), (b.id, 1)]
+    np.testing.assert_allclose(restored.candidates[0].centre, [0.95, 0.05], atol=1e-6)
     assert restored.add("4", "x", np.array([0.0, 5.0]), radius_d2=0.5).id not in (a.id, b.id)
 
 
@@ -96,6 +100,18 @@ def test_feedback_records_match_their_schemas() -> None:
     review = review_record(LISTING, top, "base", margin=0.5, novelty=0.1, priority=0.7)
     jsonschema.validate(review, load_schema("review_request"))
     jsonschema.validate(
-        candidate_record("shop", "cand-1", ["i1", "i2"], ["red hat"]),
+        candidate_record("shop", "cand-1", ["i1", "i2"], ["red hat"], 2),
         load_schema("candidate_category"),
     )
+
+
+def test_a_platform_keeps_a_bounded_number_of_candidates_and_members() -> None:
+    clusters = CandidateClusters(max_candidates=2, max_members=2)
+    big = clusters.add("1", "a", np.array([0.0, 0.0]), radius_d2=0.5)
+    for i in range(2, 5):
+        clusters.add(str(i), "a", np.array([0.0, 0.01 * i]), radius_d2=0.5)
+    assert big.size == 4 and len(big.members) == 2
+    small = clusters.add("9", "b", np.array([5.0, 0.0]), radius_d2=0.5)
+    clusters.add("10", "c", np.array([-5.0, 0.0]), radius_d2=0.5)
+    assert clusters.evicted == [small]
+    assert len(clusters.candidates) == 2 and big in clusters.candidates
