@@ -175,7 +175,12 @@ class CategoryPrototypes:
         """Forget the cached matrices (after a write to the store)."""
         self._checked_at.clear()
 
-    def _matrix(self, platform: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    def _matrix(
+        self, platform: str, check: bool = True
+    ) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """The platform's names, means and squared norms, looked at again in the store
+        once ``refresh_interval_s`` has passed since the last check; ``check=False`` does
+        not count as one (a caller that must not delay the next scoring's look)."""
         cached = self._means.get(platform)
         now = time.monotonic()
         if (
@@ -184,7 +189,8 @@ class CategoryPrototypes:
         ):
             return cached
         counts = {split_key(k)[1]: c for k, c in self.categories(platform).items() if c > 0}
-        self._checked_at[platform] = now
+        if check:
+            self._checked_at[platform] = now
         if cached is not None and self._seen_counts.get(platform) == counts:
             return cached
         names = sorted(counts)
@@ -203,13 +209,13 @@ class CategoryPrototypes:
 
     def novelty(self, platform: str) -> Novelty:
         """The platform's novelty calibration (its labelled examples' distances)."""
-        self._matrix(platform)
+        self._matrix(platform, check=False)
         return self._novelty[platform]
 
     def nearest_d2(self, platform: str, embeddings: np.ndarray) -> np.ndarray:
         """Squared distance of each row to the platform's nearest prototype (base space);
-        inf with none."""
-        names, means, sq_norms = self._matrix(platform)
+        inf with none. Takes the means as last checked."""
+        names, means, sq_norms = self._matrix(platform, check=False)
         x = np.asarray(embeddings, dtype=np.float32)
         if not names:
             return np.full(len(x), np.inf)
@@ -225,7 +231,7 @@ class CategoryPrototypes:
 
     def support(self, platform: str) -> dict[str, int]:
         """Examples per scored category of a platform (as of the last scoring)."""
-        self._matrix(platform)
+        self._matrix(platform, check=False)
         return self._seen_counts[platform]
 
     def nearest_many(

@@ -158,7 +158,7 @@ async def test_tables_are_recovered_after_a_restart(
     # streams it still does
     fetcher = again.app.consumer._thread._consumer  # aiokafka's consumer, in Faust's thread
     app_id = settings.app_id
-    tables = ("items", "category-sums", "users", "summaries")
+    tables = ("items", "category-sums", "users", "summaries", "candidates")
     unread = {f"{app_id}-{name}-changelog" for name in tables} | {f"{app_id}-__assignor-__leader"}
     paused = {tp for tp in fetcher.assignment() if tp.topic in unread}
     assert len(paused) == len(tables) * settings.partitions + 1
