@@ -196,7 +196,7 @@ def _eval_fewshot(args: argparse.Namespace, settings: Settings, data_dir: Path) 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from metaguide.meta.maml import MetaConfig
-    from metaguide.meta.trainer import Labelled, train_once
+    from metaguide.meta.trainer import Labelled, format_gate, train_once
 
     settings = Settings.from_env()
     encoder_id = settings.model
@@ -233,6 +233,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             progress=_stderr,
         )
     )
+    if "platforms" in result.evaluation:
+        print(format_gate(result.evaluation["platforms"]), file=sys.stderr)
     print(
         json.dumps(
             {

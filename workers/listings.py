@@ -278,7 +278,8 @@ class ListingPath:
         novel: list[NovelListing] = []
         now = time.time()
         for platform, rows in by_platform.items():
-            transform = None if snapshot is None else snapshot.adapter_for(platform).apply
+            adapter = None if snapshot is None else snapshot.adapter_for(platform)
+            transform = None if adapter is None else adapter.apply
             x = np.stack([v for _, v, _ in rows])
             top = self.prototypes.nearest_many(platform, x, settings.top_k, transform)
             novelty = self.prototypes.novelty_many(platform, x).tolist()

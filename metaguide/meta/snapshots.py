@@ -76,9 +76,11 @@ class Snapshot:
     manifest: dict[str, Any] = field(default_factory=dict)
     sha256: str = ""  # of the manifest: what the announcement pinned
 
-    def adapter_for(self, platform: str) -> Adapter:
-        """The platform's adapted weights, or the meta-learned initialisation."""
-        return self.platforms.get(platform, self.init)
+    def adapter_for(self, platform: str) -> Adapter | None:
+        """The platform's adapted weights where the training round's gate found a gain on
+        that platform's own validation episodes; None (the identity: raw prototypes) for
+        every other platform, one the round could not judge or never saw included."""
+        return self.platforms.get(platform)
 
 
 # --------------------------------------------------------------------------- stores

@@ -7,8 +7,11 @@ from a data set for offline runs. Labels are (platform, category) pairs, split i
 meta-train and meta-validation categories. The challenger is meta-trained on the first and
 early-stopped on the second; then it and the serving snapshot (the champion; the identity
 when there is none) are scored on the same fresh validation episodes, and the challenger is
-published only if it scores higher. Each platform's own labelled listings then adapt the
-initialisation in a few steps; those weights serve that platform.
+published only if it scores higher. Then each platform is judged on its own validation
+categories (``platform_gate``): only a platform where the challenger beats the identity beyond
+noise is served with learned weights (the initialisation adapted in a few steps on its
+labelled listings); every other platform, and any platform the round never saw, keeps raw
+prototypes. One pooled score would hide a platform that loses.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -25,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from metaguide.classify.prototypes import prototype_key
+from metaguide.classify.prototypes import prototype_key, split_key
 from metaguide.config import Settings
 from metaguide.contracts.codec import vector_from_b64
 from metaguide.kafka.client import kafka_client_options, read_to_end
@@ -55,6 +59,8 @@ __all__ = [
     "Labelled",
     "TrainResult",
     "announce",
+    "format_gate",
+    "platform_gate",
     "latest_announcement",
     "read_labelled",
     "rollback",
@@ -244,6 +250,76 @@ def adapt_platforms(
     return out
 
 
+def platform_gate(
+    adapter: Adapter, data: Labelled, val_categories: list[str], config: MetaConfig
+) -> dict[str, dict[str, Any]]:
+    """Each platform judged on its own validation categories: the challenger (with its
+    per-episode adaptation) against the identity on the same episodes. A platform is served
+    with learned weights only when the lower end of the 95% interval of the paired difference
+    is above zero; one with fewer than two validation categories is not judged (identity)."""
+    labels = data.labels
+    out: dict[str, dict[str, Any]] = {}
+    for platform in sorted(set(data.platforms)):
+        own = [c for c in val_categories if split_key(c)[0] == platform]
+        try:
+            sampler = EpisodeSampler(
+                labels,
+                own,
+                n_way=min(20, len(own)),
+                k_shot=config.k_shot,
+                q_query=config.q_query,
+                seed=config.seed + 103,
+            )
+        except ValueError:
+            out[platform] = {
+                "decision": "identity",
+                "reason": f"too few labels to judge ({len(own)} validation categories)",
+            }
+            continue
+        episodes = sampler.episodes(GATE_EPISODES)
+        learned = episode_accuracy(
+            adapter,
+            data.x,
+            episodes,
+            steps=config.inner_steps,
+            lr=config.inner_lr,
+            temperature=config.temperature,
+        )
+        identity = episode_accuracy(None, data.x, episodes, temperature=config.temperature)
+        paired = learned - identity
+        half = 1.96 * float(paired.std(ddof=1)) / math.sqrt(len(paired))
+        difference = {"mean": round(float(paired.mean()), 4), "ci95": round(half, 4)}
+        gains = float(paired.mean()) - half > 0
+        out[platform] = {
+            "decision": "adapted" if gains else "identity",
+            "reason": "gain beyond noise" if gains else "no gain beyond noise",
+            "learned": round(float(learned.mean()), 4),
+            "identity": round(float(identity.mean()), 4),
+            "difference": difference,
+            "episodes": len(episodes),
+            "way": sampler.n_way,
+        }
+    return out
+
+
+def format_gate(platforms: dict[str, dict[str, Any]]) -> str:
+    """The per-platform gate as a table (``metaguide train``)."""
+    lines = [f"{'platform':<20} {'learned':>8} {'identity':>9} {'difference':>18}  decision"]
+    for platform, g in platforms.items():
+        if "learned" in g:
+            d = g["difference"]
+            diff = f"{d['mean']:+.4f} ± {d['ci95']:.4f}"
+            lines.append(
+                f"{platform:<20} {g['learned']:>8.4f} {g['identity']:>9.4f} {diff:>18}"
+                f"  {g['decision']} ({g['reason']})"
+            )
+        else:
+            lines.append(
+                f"{platform:<20} {'':>8} {'':>9} {'':>18}  {g['decision']} ({g['reason']})"
+            )
+    return "\n".join(lines)
+
+
 @dataclass
 class TrainResult:
     published: bool
@@ -331,6 +407,8 @@ async def train_once(
         "train_seconds": round(time.monotonic() - started, 1),
         "categories": {k: len(v) for k, v in split.items()},
     }
+    gate_by_platform = platform_gate(report.adapter, data, split["val"], cfg)
+    evaluation["platforms"] = gate_by_platform
     if challenger_acc <= champion_acc:
         return TrainResult(
             False,
@@ -338,9 +416,18 @@ async def train_once(
             f"{evaluation['champion_version']} ({champion_acc:.4f}) on the gate episodes",
             evaluation,
         )
+    approved = {p for p, g in gate_by_platform.items() if g["decision"] == "adapted"}
+    if not approved:
+        return TrainResult(
+            False,
+            "no platform gains beyond noise on its own validation episodes: every platform "
+            "stays with raw prototypes",
+            evaluation,
+        )
     if not publish:
         return TrainResult(False, "won the gate; not published (--no-publish)", evaluation)
-    platforms = adapt_platforms(report.adapter, data, cfg, seed=cfg.seed)
+    adapted = adapt_platforms(report.adapter, data, cfg, seed=cfg.seed)
+    platforms = {p: adapted.get(p, report.adapter) for p in sorted(approved)}
     value = await publish_adapter(
         settings,
         store,

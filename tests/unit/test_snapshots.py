@@ -53,7 +53,7 @@ def test_round_trip_keeps_every_weight_and_the_platforms(tmp_path: Path) -> None
     assert snap.version == "1"
     np.testing.assert_array_equal(snap.init.u, trained().u)
     np.testing.assert_array_equal(snap.adapter_for("shop-a").v, trained(seed=1).v)
-    assert snap.adapter_for("unknown-shop") is snap.init
+    assert snap.adapter_for("unknown-shop") is None  # the identity: not judged, not adapted
     assert store.versions(MODEL_NAME) == [1]
     with pytest.raises(SnapshotError, match="version_exists"):
         publish(store)
