@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -10,7 +11,9 @@ import numpy as np
 import pytest
 
 from metaguide.eval.myntra import few_shot_split, listing_event, load_myntra
+from metaguide.kafka.client import read_to_end
 from metaguide.kafka.replay import produce_events
+from metaguide.waiting import wait_until_async
 from tests.conftest import load_schema, read_topic, wait_until
 
 pytestmark = pytest.mark.integration
@@ -137,7 +140,8 @@ async def test_uncertain_listings_are_sent_for_review_and_novel_ones_gather_as_a
     assert len(novel - perfume_ids) <= 2
     # the least certain title so far, listed again: nothing seen is more worth a label
     titles = {x.item_id: x.title for x in split.test + perfumes}
-    least = min(out, key=lambda r: r["margin"])
+    repeated = {t for t in titles.values() if list(titles.values()).count(t) > 1}
+    least = min((r for r in out if titles[r["item_id"]] not in repeated), key=lambda r: r["margin"])
     again = [
         {**listing_event(split.test[0], labelled=False), "item_id": f"again-{i}"}
         | {"event_id": f"again-{i}", "title": titles[least["item_id"]]}
@@ -145,6 +149,8 @@ async def test_uncertain_listings_are_sent_for_review_and_novel_ones_gather_as_a
     ]
     requests = worker.metrics.review_requests
     asked = worker.metrics.value(requests, platform="myntra")
+    if least["item_id"] in perfume_ids:  # copies of a perfume's title: perfumes too
+        perfume_ids |= {a["item_id"] for a in again}
     await _send(broker, settings, "listings", again)
     await wait_until(
         lambda: worker.metrics.value(requests, platform="myntra") > asked,
@@ -157,7 +163,17 @@ async def test_uncertain_listings_are_sent_for_review_and_novel_ones_gather_as_a
         jsonschema.validate(review, load_schema("review_request"))
         assert review["margin"] <= median_margin, (review, median_margin)
     # the perfumes gather into one candidate category
-    (candidate, *_) = await read_topic(broker.bootstrap, settings.topic("candidate-categories"), 1)
+    biggest: dict[str, Any] = {}
+
+    async def gathered() -> bool:  # the candidate's latest record, once most perfumes joined
+        for m in await read_to_end(broker.bootstrap, settings.topic("candidate-categories")):
+            record = json.loads(m.value)
+            if record["size"] >= biggest.get("size", 0):
+                biggest.update(record)
+        return biggest.get("size", 0) >= 6
+
+    await wait_until_async(gathered, 30, "a candidate of the perfumes")
+    candidate = biggest
     jsonschema.validate(candidate, load_schema("candidate_category"))
     members = set(candidate["item_ids"])
     assert len(members & perfume_ids) >= 0.8 * len(members), candidate
@@ -168,3 +184,63 @@ async def test_uncertain_listings_are_sent_for_review_and_novel_ones_gather_as_a
     await wait_until(
         lambda: _counts(worker).get("Perfume and Body Mist") == len(members), 30, "named"
     )
+
+
+@pytest.mark.slow
+async def test_a_correction_followed_by_a_sigkill_and_a_restart_moves_the_item_once(
+    broker: Any, tmp_path: Any
+) -> None:
+    import os
+
+    from tests.integration.state import final_state
+    from tests.integration.test_crash_safety import WorkerProcess, _env
+
+    app_id = f"fix-{os.urandom(3).hex()}"
+    env = _env(broker, app_id, tmp_path / "state")
+    prefix = f"{app_id}."
+    split = _split(KNOWN[:2], shots=4)
+    moved = split.labelled[0]
+    watches = sum(1 for x in split.labelled if x.category == moved.category)
+
+    async def counts() -> dict[str, int]:
+        state = await final_state(broker.bootstrap, app_id)  # what a restart recovers
+        return {k.split("\x1f")[1]: n for k, (n, _) in state["prototypes"].items()}
+
+    worker = WorkerProcess(env, tmp_path / "w1.log")
+    try:
+        events = [listing_event(x, labelled=True) for x in split.labelled]
+        await produce_events(broker.bootstrap, prefix + "listings", events, key_field="item_id")
+        await wait_until_async(
+            lambda: _has(counts, lambda c: sum(c.values()) == len(events)), 120, "learned"
+        )
+        fix = label("fix-kill", moved.item_id, "Bags")
+        await produce_events(broker.bootstrap, prefix + "labels", [fix], key_field="item_id")
+        await wait_until_async(lambda: _has(counts, lambda c: c.get("Bags") == 1), 60, "moved")
+    finally:
+        worker.kill()  # at once: the label's offset is most likely not committed yet
+    again = WorkerProcess(env, tmp_path / "w2.log")
+    try:
+        await wait_until(lambda: again.consumed() >= 0, 120, "the restarted worker up")
+        await wait_until_async(
+            lambda: _has(again_labels_done, lambda done: done, again), 60, "the label read again"
+        )
+    finally:
+        again.stop()
+    final = await counts()
+    assert final.get("Bags") == 1 and final[moved.category] == watches - 1, final
+
+
+async def _has(get: Any, test: Any, *args: Any) -> bool:
+    return bool(test(await get(*args)))
+
+
+async def again_labels_done(worker: Any) -> bool:
+    """The restarted worker's labels group has committed the end of the labels topic."""
+    from tests.integration.conftest import scrape
+
+    lag = {
+        k: v
+        for k, v in scrape(worker.metrics_port).items()
+        if k.startswith("metaguide_consumer_lag_messages") and ".labels" in k
+    }
+    return bool(lag) and not any(lag.values())

@@ -15,6 +15,7 @@ from metaguide.kafka.replay import produce_events
 from tests.conftest import read_topic, wait_until
 from tests.integration.conftest import scrape
 from tests.integration.test_click_path import get_recommendations
+from tests.integration.test_snapshot_swap import ready
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -22,10 +23,13 @@ CATEGORIES = ["Watches", "Sunglasses", "Tshirts", "Socks", "Handbags", "Casual S
 
 
 async def test_every_worker_classifies_with_every_prototype(broker: Any, two_workers: Any) -> None:
-    env, ports, _ = two_workers
+    env, ports, web_ports = two_workers
     listings_topic = env["METAGUIDE_TOPIC_PREFIX"] + "listings"
     consumed = f'metaguide_events_consumed_total{{topic="{listings_topic}"}}'
     await wait_until(lambda: all(scrape(p) for p in ports), 90, "both workers serving metrics")
+    # both in the group with partitions of their own before any listing: else the first one
+    # up may work off every labelled listing before the other joins
+    await wait_until(lambda: all(ready(p) for p in web_ports), 90, "both workers ready")
 
     split = few_shot_split(
         [x for x in load_myntra() if x.category in CATEGORIES], 5, seed=2, max_test_per_category=4
