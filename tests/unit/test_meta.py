@@ -179,7 +179,7 @@ def test_the_gate_serves_learned_weights_only_where_a_platform_gains() -> None:
 
     x, labels = synthetic()  # a hidden low-rank structure the adapter learns
     split = category_split(labels, min_items=10, seed=0)
-    cfg = config()
+    cfg = config(episodes=200)
     adapter = meta_train(x, labels, split["train"], split["val"], cfg).adapter
     assert not adapter.is_identity()
     gen = np.random.default_rng(5)
