@@ -140,39 +140,36 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     raise AssertionError(args.what)
 
 
-def _eval_feedback(args: argparse.Namespace, settings: Settings, data_dir: Path) -> int:
+def _myntra_titles(settings: Settings, data_dir: Path) -> Any:
+    """Myntra's distinct titles and their embeddings (cached under the state folder)."""
     from metaguide.embedding.encoder import TransformerEncoder
     from metaguide.eval import fewshot
-    from metaguide.eval.feedback import eval_feedback, format_feedback_table
     from metaguide.eval.myntra import MYNTRA_FILE
 
     encoder = TransformerEncoder(settings.model, device=settings.device)
-    titles = fewshot.load_title_set(
+    return fewshot.load_title_set(
         data_dir / MYNTRA_FILE,
         encoder.embed_many,
         encoder.model_id,
         Path(settings.state_dir) / "embeddings",
         progress=_stderr,
     )
+
+
+def _eval_feedback(args: argparse.Namespace, settings: Settings, data_dir: Path) -> int:
+    from metaguide.eval.feedback import eval_feedback, format_feedback_table
+
+    titles = _myntra_titles(settings, data_dir)
     report = eval_feedback(titles, seeds=args.seeds, temperature=settings.temperature, log=_stderr)
     print(json.dumps(report, indent=2) if args.json else format_feedback_table(report))
     return 0
 
 
 def _eval_fewshot(args: argparse.Namespace, settings: Settings, data_dir: Path) -> int:
-    from metaguide.embedding.encoder import TransformerEncoder
     from metaguide.eval import fewshot
-    from metaguide.eval.myntra import MYNTRA_FILE
     from metaguide.meta.maml import MetaConfig
 
-    encoder = TransformerEncoder(settings.model, device=settings.device)
-    titles = fewshot.load_title_set(
-        data_dir / MYNTRA_FILE,
-        encoder.embed_many,
-        encoder.model_id,
-        Path(settings.state_dir) / "embeddings",
-        progress=_stderr,
-    )
+    titles = _myntra_titles(settings, data_dir)
     config = MetaConfig(seed=args.seed, second_order=args.second_order)
     if args.what == "fewshot":
         report = fewshot.eval_fewshot(

@@ -226,10 +226,10 @@ class ListingPath:
         if unlabelled:
             sends += self._classify(unlabelled)
         if changelog:
-            sends.append(ctx.produce_many(self._items_changelog, partition, changelog))
+            sends.append(self.store_items(partition, changelog))
         await asyncio.gather(*sends)
         if after_moves:
-            await ctx.produce_many(self._items_changelog, partition, after_moves)
+            await self.store_items(partition, after_moves)
         for hook in self.on_items_stored:
             await hook(partition, stored)
 
