@@ -30,8 +30,6 @@ Writes bench/results/fewshot_compare.json, .md and .png; the last line printed i
 from __future__ import annotations
 
 import argparse
-import csv
-import gzip
 import json
 import logging
 import os
@@ -50,7 +48,7 @@ from metaguide.config import Settings  # noqa: E402
 from metaguide.embedding.cache import embed_cached  # noqa: E402
 from metaguide.embedding.encoder import TransformerEncoder, default_model_path  # noqa: E402
 from metaguide.eval.fewshot import L2_GRID, load_titles, summary, unique_titles  # noqa: E402
-from metaguide.eval.myntra import Listing  # noqa: E402
+from metaguide.eval.myntra import load_flipkart as load_flipkart_listings  # noqa: E402
 from metaguide.meta.maml import (
     Adapter,
     Episode,
@@ -68,18 +66,6 @@ METHODS = ["raw_prototypes", "maml_adapter", "logistic_regression", "setfit"]
 
 def log(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
-
-
-def load_flipkart(path: Path, depth: int = 2) -> list[Listing]:
-    out = []
-    with gzip.open(path, "rt", encoding="utf-8", newline="") as fh:
-        for row in csv.DictReader(fh):
-            tree = row["product_category_tree"].strip('[]"').split(" >> ")
-            title = row["product_name"].strip()
-            if len(tree) >= depth and title:
-                label = " >> ".join(tree[:depth])
-                out.append(Listing("flipkart", row["uniq_id"], title, label, {}))
-    return unique_titles(out)
 
 
 def setfit_accuracy(
@@ -129,7 +115,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model_path = default_model_path()
 
     myntra = load_titles(data_dir / "myntra_styles.csv.gz")
-    flipkart = load_flipkart(data_dir / "flipkart_sample_1050.csv.gz")
+    flipkart = unique_titles(load_flipkart_listings(data_dir / "flipkart_sample_1050.csv.gz"))
     sets = {}
     for name, listings in (("myntra", myntra), ("flipkart", flipkart)):
         texts = [x.title for x in listings]

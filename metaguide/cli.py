@@ -137,6 +137,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         return _eval_fewshot(args, settings, data_dir)
     if args.what == "feedback":
         return _eval_feedback(args, settings, data_dir)
+    if args.what == "transfer":
+        return _eval_transfer(args, settings, data_dir)
     raise AssertionError(args.what)
 
 
@@ -162,6 +164,34 @@ def _eval_feedback(args: argparse.Namespace, settings: Settings, data_dir: Path)
     titles = _myntra_titles(settings, data_dir)
     report = eval_feedback(titles, seeds=args.seeds, temperature=settings.temperature, log=_stderr)
     print(json.dumps(report, indent=2) if args.json else format_feedback_table(report))
+    return 0
+
+
+def _eval_transfer(args: argparse.Namespace, settings: Settings, data_dir: Path) -> int:
+    from metaguide.embedding.cache import embed_cached
+    from metaguide.embedding.encoder import TransformerEncoder
+    from metaguide.eval import fewshot
+    from metaguide.eval.myntra import FLIPKART_FILE, load_flipkart
+    from metaguide.eval.transfer import eval_transfer, format_transfer_table
+
+    myntra = _myntra_titles(settings, data_dir)
+    encoder = TransformerEncoder(settings.model, device=settings.device)
+    listings = fewshot.unique_titles(load_flipkart(data_dir / FLIPKART_FILE))
+    x = embed_cached(
+        encoder.embed_many,
+        encoder.model_id,
+        [x.title for x in listings],
+        Path(settings.state_dir) / "embeddings",
+        progress=_stderr,
+    )
+    report = eval_transfer(
+        myntra,
+        fewshot.TitleSet(listings, x),
+        episodes=args.transfer_episodes,
+        seed=args.seed,
+        log=_stderr,
+    )
+    print(json.dumps(report, indent=2) if args.json else format_transfer_table(report))
     return 0
 
 
@@ -297,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_replay)
 
     p = sub.add_parser("eval", help="offline evaluations on the real data sets")
-    p.add_argument("what", choices=["recommend", "fewshot", "crossdomain", "feedback"])
+    p.add_argument("what", choices=["recommend", "fewshot", "crossdomain", "feedback", "transfer"])
     p.add_argument("--data-dir", help="folder of the data sets (default: METAGUIDE_DATA_DIR)")
     p.add_argument("--cutoff", default="2011-11-01", help="temporal split date (recommend)")
     p.add_argument("--k", type=int, default=10)
@@ -305,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=600, help="fewshot: test episodes per kind")
     p.add_argument("--seed", type=int, default=0, help="fewshot: split and sampling seed")
     p.add_argument("--second-order", action="store_true", help="fewshot: second-order MAML")
+    p.add_argument(
+        "--transfer-episodes", type=int, default=30, help="transfer: episodes per target and shots"
+    )
     p.add_argument("--seeds", type=int, default=5, help="feedback: seeds (splits) to average")
     p.add_argument(
         "--target", default="Women", help="crossdomain: the held-out platform (a Myntra gender)"

@@ -18,17 +18,20 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "FLIPKART_FILE",
     "MYNTRA_FILE",
     "SAMPLE_FILE",
     "Listing",
     "FewShotSplit",
     "read_csv_gz",
+    "load_flipkart",
     "load_myntra",
     "few_shot_split",
     "listing_event",
 ]
 
 MYNTRA_FILE = "myntra_styles.csv.gz"
+FLIPKART_FILE = "flipkart_sample_1050.csv.gz"
 SAMPLE_FILE = Path(__file__).resolve().parents[1] / "samples" / "myntra_sample.csv.gz"
 
 
@@ -59,6 +62,18 @@ def load_myntra(path: str | Path = SAMPLE_FILE, platform: str = "myntra") -> lis
             continue
         attributes = {k: row[k] for k in ("gender", "baseColour", "season", "usage") if row.get(k)}
         out.append(Listing(platform, row["id"], title, category, attributes))
+    return out
+
+
+def load_flipkart(path: str | Path, depth: int = 2, platform: str = "flipkart") -> list[Listing]:
+    """Flipkart products with a name, labelled by the first ``depth`` levels of their
+    category path (the deeper levels are often brands or product names)."""
+    out = []
+    for row in read_csv_gz(path):
+        tree = row["product_category_tree"].strip('[]"').split(" >> ")
+        title = row["product_name"].strip()
+        if len(tree) >= depth and title:
+            out.append(Listing(platform, row["uniq_id"], title, " >> ".join(tree[:depth]), {}))
     return out
 
 
