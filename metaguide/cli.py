@@ -160,9 +160,13 @@ def _myntra_titles(settings: Settings, data_dir: Path) -> Any:
 
 def _eval_feedback(args: argparse.Namespace, settings: Settings, data_dir: Path) -> int:
     from metaguide.eval.feedback import eval_feedback, format_feedback_table
+    from metaguide.meta.maml import torch_threads
 
     titles = _myntra_titles(settings, data_dir)
-    report = eval_feedback(titles, seeds=args.seeds, temperature=settings.temperature, log=_stderr)
+    with torch_threads(1):  # episodes: small matrices
+        report = eval_feedback(
+            titles, seeds=args.seeds, temperature=settings.temperature, log=_stderr
+        )
     print(json.dumps(report, indent=2) if args.json else format_feedback_table(report))
     return 0
 
@@ -173,6 +177,7 @@ def _eval_transfer(args: argparse.Namespace, settings: Settings, data_dir: Path)
     from metaguide.eval import fewshot
     from metaguide.eval.myntra import FLIPKART_FILE, load_flipkart
     from metaguide.eval.transfer import eval_transfer, format_transfer_table
+    from metaguide.meta.maml import torch_threads
 
     myntra = _myntra_titles(settings, data_dir)
     encoder = TransformerEncoder(settings.model, device=settings.device)
@@ -184,23 +189,30 @@ def _eval_transfer(args: argparse.Namespace, settings: Settings, data_dir: Path)
         Path(settings.state_dir) / "embeddings",
         progress=_stderr,
     )
-    report = eval_transfer(
-        myntra,
-        fewshot.TitleSet(listings, x),
-        episodes=args.transfer_episodes,
-        seed=args.seed,
-        log=_stderr,
-    )
+    with torch_threads(1):  # episodes: small matrices
+        report = eval_transfer(
+            myntra,
+            fewshot.TitleSet(listings, x),
+            episodes=args.transfer_episodes,
+            seed=args.seed,
+            log=_stderr,
+        )
     print(json.dumps(report, indent=2) if args.json else format_transfer_table(report))
     return 0
 
 
 def _eval_fewshot(args: argparse.Namespace, settings: Settings, data_dir: Path) -> int:
-    from metaguide.eval import fewshot
-    from metaguide.meta.maml import MetaConfig
+    from metaguide.meta.maml import MetaConfig, torch_threads
 
     titles = _myntra_titles(settings, data_dir)
     config = MetaConfig(seed=args.seed, second_order=args.second_order)
+    with torch_threads(1):  # episodes: small matrices
+        return _print_fewshot(args, titles, config)
+
+
+def _print_fewshot(args: argparse.Namespace, titles: Any, config: Any) -> int:
+    from metaguide.eval import fewshot
+
     if args.what == "fewshot":
         report = fewshot.eval_fewshot(
             titles, config, episodes=args.episodes, seed=args.seed, log=_stderr
@@ -222,7 +234,7 @@ def _eval_fewshot(args: argparse.Namespace, settings: Settings, data_dir: Path) 
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from metaguide.meta.maml import MetaConfig
+    from metaguide.meta.heads import HeadConfig
     from metaguide.meta.trainer import Labelled, format_gate, train_once
 
     settings = Settings.from_env()
@@ -249,7 +261,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             ],
             {"source": str(MYNTRA_FILE)},
         )
-    config = MetaConfig(seed=args.seed, second_order=args.second_order)
+    config = HeadConfig(seed=args.seed, episodes=settings.train_episodes)
     result = asyncio.run(
         train_once(
             settings,
@@ -354,7 +366,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data-dir", help="folder of the data sets (default: METAGUIDE_DATA_DIR)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--second-order", action="store_true")
     p.add_argument("--no-publish", action="store_true", help="train and gate only")
     p.set_defaults(func=_cmd_train)
 

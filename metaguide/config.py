@@ -89,6 +89,7 @@ class Settings(BaseSettings):
     # in-worker training: -1 = auto (on with the embedded broker, off with a cluster, where
     # `metaguide train` runs as its own workload); 0 = off
     train_interval_s: float = -1.0
+    train_episodes: int = Field(default=4000, ge=1)  # a training round's meta-episodes at most
     metrics_port: int = Field(default=9464, ge=0, le=65535)
     metrics_host: str = "0.0.0.0"
     web_port: int = Field(default=6066, ge=0, le=65535)

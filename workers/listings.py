@@ -279,9 +279,10 @@ class ListingPath:
         now = time.time()
         for platform, rows in by_platform.items():
             adapter = None if snapshot is None else snapshot.adapter_for(platform)
-            transform = None if adapter is None else adapter.apply
+            transform = None if adapter is None or adapter.is_identity() else adapter.apply
+            heads = None if snapshot is None else snapshot.heads_for(platform)
             x = np.stack([v for _, v, _ in rows])
-            top = self.prototypes.nearest_many(platform, x, settings.top_k, transform)
+            top = self.prototypes.nearest_many(platform, x, settings.top_k, transform, heads)
             novelty = self.prototypes.novelty_many(platform, x).tolist()
             support = self.prototypes.support(platform)
             margins = [confidence(top_k)[1] for top_k in top]

@@ -93,10 +93,10 @@ async def _train_periodically(ctx: WorkerContext, encoder: Embedder) -> None:
             continue
         if result.published:
             outcome = "published"
-        elif "challenger_accuracy" in result.evaluation:
-            outcome = "kept"  # trained, but did not beat the serving snapshot
+        elif "platforms" in result.evaluation:
+            outcome = "kept"  # trained, but no platform gained beyond noise
         else:
-            outcome = "skipped"  # not enough labelled data to train on
+            outcome = "skipped"  # too few labels, or nothing new since the serving snapshot
         ctx.metrics.trainings.labels(outcome).inc()
         log.info("training round: %s", result.reason)
 

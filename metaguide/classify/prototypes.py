@@ -2,7 +2,10 @@
 
 A prototype is the mean of its labelled embeddings (prototypical networks). Keeping the sum
 and the count makes the update O(d), exact, and mergeable; the mean is derived on read.
-Prototypes live in the encoder's base space, so an adapter swap never rebuilds them.
+Prototypes live in the encoder's base space, so an adapter swap never rebuilds them. A
+snapshot's fine-tuned heads are residuals on the prototypes (``z.dw + db`` added to a
+category's score), so a prototype keeps classifying as it learns and a category without a
+head is scored by its prototype alone.
 """
 
 from __future__ import annotations
@@ -11,19 +14,33 @@ import logging
 import time
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from metaguide.classify.feedback import Novelty
 
-__all__ = ["Prototype", "CategoryPrototypes", "prototype_key", "split_key", "softmax_scores"]
+__all__ = [
+    "HeadRows",
+    "Prototype",
+    "CategoryPrototypes",
+    "prototype_key",
+    "split_key",
+    "softmax_scores",
+]
 
 log = logging.getLogger("metaguide.prototypes")
 
 RECENT_IDS = 64
 RECENT_D2 = 16  # per category: its latest examples' distances to the nearest prototype
 _SEP = "\x1f"  # ASCII unit separator: cannot appear in a platform id
+
+
+class HeadRows(Protocol):
+    """Residual heads (a snapshot's): rows of weights and biases for category names, zeros
+    for a category without a head."""
+
+    def for_names(self, names: list[str]) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 def prototype_key(platform: str, category: str) -> str:
@@ -112,6 +129,8 @@ class CategoryPrototypes:
         # per platform: (the means it was computed from, the transform, transform(means) and
         # their squared norms)
         self._mapped: dict[str, tuple[np.ndarray, Any, tuple[np.ndarray, np.ndarray]]] = {}
+        # per platform: (the names, the heads, their rows for those names)
+        self._head_rows: dict[str, tuple[list[str], Any, tuple[np.ndarray, np.ndarray]]] = {}
 
     def update_one(
         self,
@@ -240,12 +259,15 @@ class CategoryPrototypes:
         embeddings: np.ndarray,
         k: int = 3,
         transform: Callable[[np.ndarray], np.ndarray] | None = None,
+        heads: HeadRows | None = None,
     ) -> list[list[tuple[str, float]]]:
         """Top-k (category, probability) for each row of ``embeddings``; [] with no prototypes.
 
         ``transform`` (a snapshot's linear adapter) maps the base-space embeddings and means
         into the space where distances are measured; being linear, it maps a mean of base
         embeddings to the mean of the mapped ones, so no prototype is ever rebuilt.
+        ``heads`` (a snapshot's fine-tuned residuals, in the mapped space) add ``x.dw + db``
+        to each category's negative distance: still one matrix product per batch.
         """
         names, means, sq_norms = self._matrix(platform)
         if not names:
@@ -254,8 +276,12 @@ class CategoryPrototypes:
         if transform is not None:
             x = transform(x)
             means, sq_norms = self._mapped_means(platform, means, transform)
-        # squared Euclidean distance, as in prototypical networks
-        d2 = (x * x).sum(1, keepdims=True) - 2.0 * x @ means.T + sq_norms
+        if heads is None:
+            # squared Euclidean distance, as in prototypical networks
+            d2 = (x * x).sum(1, keepdims=True) - 2.0 * x @ means.T + sq_norms
+        else:
+            dw, db = self._rows(platform, names, heads)
+            d2 = (x * x).sum(1, keepdims=True) - x @ (2.0 * means + dw).T + (sq_norms - db)
         probs = softmax_scores(-d2, self.temperature)
         top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         top_probs = np.take_along_axis(probs, top, axis=1)
@@ -263,6 +289,18 @@ class CategoryPrototypes:
             [(names[i], p) for i, p in zip(row, row_probs, strict=True)]
             for row, row_probs in zip(top.tolist(), top_probs.tolist(), strict=True)
         ]
+
+    def _rows(
+        self, platform: str, names: list[str], heads: HeadRows
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The heads' rows for the platform's current categories, computed once per list of
+        categories and heads."""
+        cached = self._head_rows.get(platform)
+        if cached is not None and cached[0] is names and cached[1] is heads:
+            return cached[2]
+        rows = heads.for_names(names)
+        self._head_rows[platform] = (names, heads, rows)
+        return rows
 
     def _mapped_means(
         self, platform: str, means: np.ndarray, transform: Callable[[np.ndarray], np.ndarray]
@@ -282,5 +320,6 @@ class CategoryPrototypes:
         embedding: np.ndarray,
         k: int = 3,
         transform: Callable[[np.ndarray], np.ndarray] | None = None,
+        heads: HeadRows | None = None,
     ) -> list[tuple[str, float]]:
-        return self.nearest_many(platform, np.asarray(embedding)[None, :], k, transform)[0]
+        return self.nearest_many(platform, np.asarray(embedding)[None, :], k, transform, heads)[0]

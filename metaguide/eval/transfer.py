@@ -50,7 +50,8 @@ def _gate_accuracy(
     candidates: dict[str, HeadModel], x: np.ndarray, episodes: Sequence[Episode], seed: int
 ) -> tuple[np.ndarray, dict[str, int]]:
     """Per episode: the gate judges from the support set; the chosen method scores the query."""
-    out, chosen = [], {}
+    out: list[float] = []
+    chosen: dict[str, int] = {}
     for i, ep in enumerate(episodes):
         decision = judge(candidates, x[ep.support], ep.support_y, seed=seed + i)["decision"]
         chosen[decision] = chosen.get(decision, 0) + 1
@@ -80,7 +81,12 @@ def eval_transfer(
     split = category_split(labels, min_items=min_items, seed=seed)
     started = time.monotonic()
     metric = meta_train(
-        myntra.x, labels, split["train"], split["val"], adapter or MetaConfig(seed=seed), progress=log
+        myntra.x,
+        labels,
+        split["train"],
+        split["val"],
+        adapter or MetaConfig(seed=seed),
+        progress=log,
     )
     adapter_s = time.monotonic() - started
     started = time.monotonic()
@@ -114,7 +120,12 @@ def eval_transfer(
         results[target] = {"categories": len(categories)}
         for k in shots:
             eps = EpisodeSampler(
-                titles.labels, categories, n_way=None, k_shot=k, q_query=q_query, seed=seed + 100 + k
+                titles.labels,
+                categories,
+                n_way=None,
+                k_shot=k,
+                q_query=q_query,
+                seed=seed + 100 + k,
             ).episodes(episodes)
             val_eps = EpisodeSampler(
                 labels, split["val"], n_way=None, k_shot=k, q_query=10, seed=seed + 8
@@ -187,8 +198,6 @@ def format_transfer_table(report: dict[str, Any]) -> str:
         lines.append(f"{'shots':<8}" + "".join(f"{names[m]:>16}" for m in METHODS))
         for k in report["shots"]:
             row = res[f"{k}-shot"]
-            cells = "".join(
-                f"{row[m]['mean']:>9.3f} ±{row[m]['ci95']:.3f}" for m in METHODS
-            )
+            cells = "".join(f"{row[m]['mean']:>9.3f} ±{row[m]['ci95']:.3f}" for m in METHODS)
             lines.append(f"{k:<8}{cells}")
     return "\n".join(lines)

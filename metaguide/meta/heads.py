@@ -307,8 +307,8 @@ def meta_train_heads(
     def current() -> HeadModel:
         return HeadModel(
             Adapter.from_tensors({"u": u, "v": v}),
-            float(log_step.exp()),
-            float(log_temp.exp()),
+            float(log_step.detach().exp()),
+            float(log_temp.detach().exp()),
             cfg.steps,
         )
 

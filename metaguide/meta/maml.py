@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -36,9 +37,26 @@ __all__ = [
     "logistic_accuracy",
     "meta_train",
     "proto_loss",
+    "torch_threads",
 ]
 
 Params = dict[str, torch.Tensor]
+
+
+@contextmanager
+def torch_threads(n: int = 1) -> Iterator[None]:
+    """Torch's intra-op threads set to ``n`` for a block, and back after it.
+
+    Meta-learning works on small matrices (episodes of tens to hundreds of rows): extra
+    threads only spin against each other and against the encoder's, which on a shared
+    machine costs far more than they bring. Training rounds and evaluation episodes run on one.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------- the adapter

@@ -1,11 +1,15 @@
 """Model snapshots: safetensors weights plus a JSON manifest, in a store, announced on Kafka.
 
-A snapshot holds the meta-learned adapter initialisation and, for each platform that had
-labelled listings, that platform's adapted weights. Files (never pickle):
+A snapshot holds the meta-learned adapter and, for each platform that the training round's
+gate approved, what that platform is served with: an adapter (the meta-learned one, or the
+identity) and fine-tuned heads as residuals on its prototypes (:mod:`metaguide.meta.heads`).
+Files (never pickle):
 
-- ``adapter.safetensors``: tensors ``init.u``, ``init.v`` and ``p<i>.u``, ``p<i>.v``;
+- ``adapter.safetensors``: tensors ``init.u``, ``init.v``, and per platform ``p<i>.u``,
+  ``p<i>.v`` and, where it has heads, ``p<i>.dw`` (categories x dim) and ``p<i>.db``;
 - ``manifest.json``: version, encoder id and dim, adapter shape, the platforms and their
-  tensor prefixes, the training data window and config, the evaluation figures, and the
+  tensor prefixes, each platform's head categories (the rows of ``dw``), the training data
+  window and config, the evaluation figures (the gate's decision per platform), and the
   sha256 of the weights file.
 
 The announcement on the compacted ``snapshots`` topic (key: the model name) carries the
@@ -29,6 +33,7 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from metaguide.errors import MetaguideError
+from metaguide.meta.heads import Residuals
 from metaguide.meta.maml import Adapter
 
 __all__ = [
@@ -46,7 +51,8 @@ __all__ = [
     "sha256",
 ]
 
-FORMAT = "metaguide.snapshot.v1"
+FORMAT = "metaguide.snapshot.v2"
+READABLE_FORMATS = ("metaguide.snapshot.v1", FORMAT)  # v1: adapters only, no heads
 BASE_MODEL_VERSION = "base"  # what outputs say when no snapshot took part
 MODEL_NAME = "adapter"
 WEIGHTS = "adapter.safetensors"
@@ -73,6 +79,7 @@ class Snapshot:
     version: str
     init: Adapter
     platforms: dict[str, Adapter] = field(default_factory=dict)
+    heads: dict[str, Residuals] = field(default_factory=dict)
     manifest: dict[str, Any] = field(default_factory=dict)
     sha256: str = ""  # of the manifest: what the announcement pinned
 
@@ -81,6 +88,11 @@ class Snapshot:
         that platform's own validation episodes; None (the identity: raw prototypes) for
         every other platform, one the round could not judge or never saw included."""
         return self.platforms.get(platform)
+
+    def heads_for(self, platform: str) -> Residuals | None:
+        """The platform's fine-tuned heads (residuals on its prototypes), if it has any; a
+        category without a row is scored by its prototype alone."""
+        return self.heads.get(platform)
 
 
 # --------------------------------------------------------------------------- stores
@@ -153,15 +165,25 @@ def build_snapshot(
     training: Mapping[str, Any],
     evaluation: Mapping[str, Any],
     parent: int | None = None,
+    heads: Mapping[str, Residuals] | None = None,
 ) -> dict[str, bytes]:
     """The files of a snapshot, ready for :meth:`SnapshotStore.put`."""
     tensors = {"init.u": init.u, "init.v": init.v}
     prefixes = {}
+    head_names = {}
     for i, (platform, adapter) in enumerate(sorted(platforms.items())):
         if (adapter.dim, adapter.rank) != (init.dim, init.rank):
             raise ValueError(f"platform {platform!r}: adapter shape differs from the init")
         prefixes[platform] = f"p{i}"
         tensors[f"p{i}.u"], tensors[f"p{i}.v"] = adapter.u, adapter.v
+        res = (heads or {}).get(platform)
+        if res is not None:
+            if res.dw.shape != (len(res.names), init.dim) or res.db.shape != (len(res.names),):
+                raise ValueError(f"platform {platform!r}: heads' shape does not fit")
+            tensors[f"p{i}.dw"], tensors[f"p{i}.db"] = res.dw, res.db
+            head_names[platform] = list(res.names)
+    if set(heads or {}) - set(platforms):
+        raise ValueError("heads for a platform without an adapter entry")
     weights = st_save({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()})
     manifest = {
         "format": FORMAT,
@@ -172,6 +194,7 @@ def build_snapshot(
         "encoder": {"id": encoder_id, "dim": init.dim},
         "adapter": {"kind": "lowrank-identity", "dim": init.dim, "rank": init.rank},
         "platforms": prefixes,
+        "heads": head_names,
         "data_window": dict(data_window),
         "training": dict(training),
         "evaluation": dict(evaluation),
@@ -199,7 +222,7 @@ def load_snapshot(
         manifest = json.loads(raw_manifest)
     except ValueError as exc:
         raise SnapshotError("bad_manifest", str(exc)) from exc
-    if manifest.get("format") != FORMAT:
+    if manifest.get("format") not in READABLE_FORMATS:
         raise SnapshotError("bad_manifest", f"format {manifest.get('format')!r}, want {FORMAT}")
     weights = store.read(uri, manifest["weights"]["file"])
     if sha256(weights) != manifest["weights"]["sha256"]:
@@ -232,8 +255,27 @@ def load_snapshot(
             raise SnapshotError("bad_weights", f"{prefix}: non-finite values")
         return Adapter(u.astype(np.float32), v.astype(np.float32))
 
-    platforms = {p: adapter(prefix) for p, prefix in manifest["platforms"].items()}
-    return Snapshot(str(manifest["version"]), adapter("init"), platforms, manifest, manifest_sha256)
+    def residuals(platform: str, prefix: str, names: list[str]) -> Residuals:
+        try:
+            dw, db = tensors[f"{prefix}.dw"], tensors[f"{prefix}.db"]
+        except KeyError as exc:
+            raise SnapshotError("bad_weights", f"missing tensor {exc}") from exc
+        if dw.shape != (len(names), shape[0]) or db.shape != (len(names),):
+            raise SnapshotError("shape_mismatch", f"{platform}: heads {dw.shape}, {db.shape}")
+        if not (np.isfinite(dw).all() and np.isfinite(db).all()):
+            raise SnapshotError("bad_weights", f"{platform}: non-finite head values")
+        return Residuals(list(names), dw.astype(np.float32), db.astype(np.float32))
+
+    prefixes = manifest["platforms"]
+    platforms = {p: adapter(prefix) for p, prefix in prefixes.items()}
+    heads = {}
+    for p, names in manifest.get("heads", {}).items():
+        if p not in prefixes:
+            raise SnapshotError("bad_manifest", f"heads for {p!r}, which has no tensors")
+        heads[p] = residuals(p, prefixes[p], names)
+    return Snapshot(
+        str(manifest["version"]), adapter("init"), platforms, heads, manifest, manifest_sha256
+    )
 
 
 # --------------------------------------------------------------------------- announcements

@@ -1,25 +1,28 @@
-"""``metaguide train``: labelled listings -> MAML -> champion/challenger gate -> snapshot.
+"""``metaguide train``: labelled listings -> Proto-MAML -> a gate per platform -> snapshot.
 
 Labelled data comes from the ``category-updates`` topic (every labelled item's base
 embedding, its platform and category, written by the workers: nothing is re-embedded; a
-correction's update takes an item out of its old category again), or
-from a data set for offline runs. Labels are (platform, category) pairs, split into
-meta-train and meta-validation categories. The challenger is meta-trained on the first and
-early-stopped on the second; then it and the serving snapshot (the champion; the identity
-when there is none) are scored on the same fresh validation episodes, and the challenger is
-published only if it scores higher. Then each platform is judged on its own validation
-categories (``platform_gate``): only a platform where the challenger beats the identity beyond
-noise is served with learned weights (the initialisation adapted in a few steps on its
+correction's update takes an item out of its old category again), or from a data set for
+offline runs. Labels are (platform, category) pairs, split into meta-train and
+meta-validation categories. Proto-MAML (:mod:`metaguide.meta.heads`) meta-learns, on episodes
+of one platform each, an adapter, a step size and a temperature such that heads initialised
+from the prototypes and fine-tuned a few steps classify well.
+
+Then each platform is judged on its own validation categories (``platform_gate``), which
+meta-training never saw: two candidates, the heads on the meta-learned adapter and the heads
+on the base embeddings, are cross-validated against raw prototypes on the same examples. A
+platform is served by the candidate that gains beyond noise (its heads fine-tuned on all its
 labelled listings); every other platform, and any platform the round never saw, keeps raw
-prototypes. One pooled score would hide a platform that loses.
+prototypes. One pooled score would hide a platform that loses. A round whose labelled data
+is the same as the serving snapshot's publishes nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -27,21 +30,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from metaguide.classify.prototypes import prototype_key, split_key
 from metaguide.config import Settings
 from metaguide.contracts.codec import vector_from_b64
 from metaguide.kafka.client import kafka_client_options, read_to_end
-from metaguide.meta.maml import (
-    Adapter,
-    EpisodeSampler,
-    MetaConfig,
-    adapt,
-    category_split,
-    episode_accuracy,
-    meta_train,
+from metaguide.meta.heads import (
+    HeadConfig,
+    HeadModel,
+    HeadReport,
+    Residuals,
+    fit_residuals,
+    judge,
+    meta_train_heads,
 )
+from metaguide.meta.maml import Adapter, category_split, torch_threads
 from metaguide.meta.snapshots import (
     MANIFEST,
     MODEL_NAME,
@@ -58,6 +61,7 @@ from metaguide.meta.snapshots import (
 __all__ = [
     "Labelled",
     "TrainResult",
+    "platform_heads",
     "announce",
     "format_gate",
     "platform_gate",
@@ -71,8 +75,8 @@ __all__ = [
 
 log = logging.getLogger("metaguide.trainer")
 
-GATE_EPISODES = 100
-ADAPT_PER_CATEGORY = 20  # labelled examples per category used to adapt a platform
+GATE_PER_CATEGORY = 20  # a platform's validation examples per category the gate uses
+HEADS_PER_CATEGORY = 100  # labelled examples per category its heads are fine-tuned on
 
 
 @dataclass
@@ -87,6 +91,14 @@ class Labelled:
     @property
     def labels(self) -> list[str]:
         return [prototype_key(p, c) for p, c in zip(self.platforms, self.categories, strict=True)]
+
+    def digest(self) -> str:
+        """What was learned from, as a hash: the same labelled data gives the same digest."""
+        h = hashlib.sha256()
+        rows = [r.tobytes() for r in self.x.astype(np.float16)]
+        for p, c, v in sorted(zip(self.platforms, self.categories, rows, strict=True)):
+            h.update(f"{p}\x1f{c}\x1f".encode() + v)
+        return h.hexdigest()
 
     @classmethod
     def from_rows(cls, rows: list[tuple[Any, ...]], window: dict[str, Any]) -> Labelled:
@@ -197,6 +209,7 @@ async def publish_adapter(
     training: dict[str, Any],
     evaluation: dict[str, Any],
     parent: int | None = None,
+    heads: dict[str, Residuals] | None = None,
 ) -> dict[str, Any]:
     """Write a new version to the store and announce it; returns the announcement."""
     version = max(store.versions(MODEL_NAME), default=0) + 1
@@ -209,6 +222,7 @@ async def publish_adapter(
         training=training,
         evaluation=evaluation,
         parent=parent,
+        heads=heads,
     )
     uri = store.put(MODEL_NAME, version, files)
     value = announcement(version, uri, files[MANIFEST], metrics=evaluation)
@@ -216,107 +230,84 @@ async def publish_adapter(
     return value
 
 
-def adapt_platforms(
-    init: Adapter, data: Labelled, config: MetaConfig, seed: int = 0
-) -> dict[str, Adapter]:
-    """Each platform's labelled listings adapt the initialisation (the inner loop, once)."""
+def _rows_by_category(
+    data: Labelled, platform: str, categories: set[str] | None, cap: int, seed: int
+) -> tuple[list[int], list[str]]:
+    """A platform's labelled rows (at most ``cap`` per category, seeded), and their labels."""
+    by_cat: dict[str, list[int]] = {}
+    for i, (p, c) in enumerate(zip(data.platforms, data.categories, strict=True)):
+        if p == platform and (categories is None or c in categories):
+            by_cat.setdefault(c, []).append(i)
     rng = np.random.default_rng(seed)
-    out = {}
-    for platform in sorted(set(data.platforms)):
-        by_cat: dict[str, list[int]] = {}
-        for i, (p, c) in enumerate(zip(data.platforms, data.categories, strict=True)):
-            if p == platform:
-                by_cat.setdefault(c, []).append(i)
-        by_cat = {c: v for c, v in by_cat.items() if len(v) >= 2}
-        if len(by_cat) < 2:
-            continue  # nothing to adapt on: the platform is served by the initialisation
-        idx, ys = [], []
-        for y, rows in enumerate(by_cat.values()):
-            take = rng.permutation(rows)[:ADAPT_PER_CATEGORY]
-            idx += list(take)
-            ys += [y] * len(take)
-        x = torch.as_tensor(data.x[idx])
-        params = {k: t.requires_grad_(True) for k, t in init.tensors().items()}
-        fast = adapt(
-            params,
-            x,
-            torch.tensor(ys),
-            len(by_cat),
-            steps=config.inner_steps,
-            lr=config.inner_lr,
-            temperature=config.temperature,
-        )
-        out[platform] = Adapter.from_tensors(fast)
-    return out
+    rows, names = [], []
+    for c in sorted(by_cat):
+        take = sorted(rng.permutation(by_cat[c])[:cap].tolist())
+        rows += take
+        names += [c] * len(take)
+    return rows, names
+
+
+def platform_heads(
+    model: HeadModel, data: Labelled, decisions: dict[str, str], seed: int = 0
+) -> tuple[dict[str, Adapter], dict[str, Residuals]]:
+    """What each approved platform is served with: its adapter (the meta-learned one for
+    ``adapted``, the identity for ``heads``) and heads fine-tuned on its labelled listings."""
+    adapters, heads = {}, {}
+    for platform, decision in sorted(decisions.items()):
+        chosen = model if decision == "adapted" else model.without_adapter()
+        rows, names = _rows_by_category(data, platform, None, HEADS_PER_CATEGORY, seed)
+        adapters[platform] = chosen.adapter
+        heads[platform] = fit_residuals(chosen, data.x[rows], names)
+    return adapters, heads
 
 
 def platform_gate(
-    adapter: Adapter, data: Labelled, val_categories: list[str], config: MetaConfig
+    model: HeadModel, data: Labelled, val_categories: list[str], seed: int = 0
 ) -> dict[str, dict[str, Any]]:
-    """Each platform judged on its own validation categories: the challenger (with its
-    per-episode adaptation) against the identity on the same episodes. A platform is served
-    with learned weights only when the lower end of the 95% interval of the paired difference
-    is above zero; one with fewer than two validation categories is not judged (identity)."""
-    labels = data.labels
+    """Each platform judged on its own validation categories (never seen in meta-training):
+    the heads on the meta-learned adapter (``adapted``) and on the base embeddings
+    (``heads``), cross-validated against raw prototypes on the same examples
+    (:func:`metaguide.meta.heads.judge`). A platform is served by a candidate only when the
+    lower end of the 95% interval of its paired difference is above zero; one with fewer
+    than two validation categories is not judged (identity)."""
     out: dict[str, dict[str, Any]] = {}
     for platform in sorted(set(data.platforms)):
-        own = [c for c in val_categories if split_key(c)[0] == platform]
-        try:
-            sampler = EpisodeSampler(
-                labels,
-                own,
-                n_way=min(20, len(own)),
-                k_shot=config.k_shot,
-                q_query=config.q_query,
-                seed=config.seed + 103,
-            )
-        except ValueError:
+        own = {split_key(c)[1] for c in val_categories if split_key(c)[0] == platform}
+        rows, names = _rows_by_category(data, platform, own, GATE_PER_CATEGORY, seed)
+        if len(set(names)) < 2:
             out[platform] = {
                 "decision": "identity",
-                "reason": f"too few labels to judge ({len(own)} validation categories)",
+                "reason": f"too few labels to judge ({len(set(names))} validation categories)",
             }
             continue
-        episodes = sampler.episodes(GATE_EPISODES)
-        learned = episode_accuracy(
-            adapter,
-            data.x,
-            episodes,
-            steps=config.inner_steps,
-            lr=config.inner_lr,
-            temperature=config.temperature,
+        verdict = judge(
+            {"adapted": model, "heads": model.without_adapter()},
+            data.x[rows],
+            np.array(names),
+            seed=seed,
         )
-        identity = episode_accuracy(None, data.x, episodes, temperature=config.temperature)
-        paired = learned - identity
-        half = 1.96 * float(paired.std(ddof=1)) / math.sqrt(len(paired))
-        difference = {"mean": round(float(paired.mean()), 4), "ci95": round(half, 4)}
-        gains = float(paired.mean()) - half > 0
-        out[platform] = {
-            "decision": "adapted" if gains else "identity",
-            "reason": "gain beyond noise" if gains else "no gain beyond noise",
-            "learned": round(float(learned.mean()), 4),
-            "identity": round(float(identity.mean()), 4),
-            "difference": difference,
-            "episodes": len(episodes),
-            "way": sampler.n_way,
-        }
+        out[platform] = {**verdict, "categories": len(set(names))}
     return out
 
 
 def format_gate(platforms: dict[str, dict[str, Any]]) -> str:
     """The per-platform gate as a table (``metaguide train``)."""
-    lines = [f"{'platform':<20} {'learned':>8} {'identity':>9} {'difference':>18}  decision"]
+    lines = [
+        f"{'platform':<20} {'identity':>9} {'adapted':>18} {'heads':>18}  decision",
+    ]
     for platform, g in platforms.items():
-        if "learned" in g:
-            d = g["difference"]
-            diff = f"{d['mean']:+.4f} ± {d['ci95']:.4f}"
-            lines.append(
-                f"{platform:<20} {g['learned']:>8.4f} {g['identity']:>9.4f} {diff:>18}"
-                f"  {g['decision']} ({g['reason']})"
-            )
-        else:
-            lines.append(
-                f"{platform:<20} {'':>8} {'':>9} {'':>18}  {g['decision']} ({g['reason']})"
-            )
+        cells = []
+        for name in ("adapted", "heads"):
+            c = g.get("candidates", {}).get(name)
+            if c is None:
+                cells.append(f"{'':>18}")
+            else:
+                d = c["difference"]
+                cells.append(f"{c['accuracy']:.4f} {d['mean']:+.3f}±{d['ci95']:.3f}".rjust(18))
+        identity = f"{g['identity']:>9.4f}" if "identity" in g else f"{'':>9}"
+        lines.append(
+            f"{platform:<20} {identity} {cells[0]} {cells[1]}  {g['decision']} ({g['reason']})"
+        )
     return "\n".join(lines)
 
 
@@ -333,21 +324,21 @@ async def train_once(
     *,
     encoder_id: str,
     data: Labelled | None = None,
-    config: MetaConfig | None = None,
+    config: HeadConfig | None = None,
     store: SnapshotStore | None = None,
     min_items: int = 10,
     publish: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> TrainResult:
-    """One training round: read, meta-train, gate against the serving snapshot, publish."""
-    cfg = config or MetaConfig()
+    """One training round: read, meta-train, judge each platform, publish what gains."""
+    cfg = config or HeadConfig(episodes=settings.train_episodes)
     store = store or snapshot_store(settings)
     data = data if data is not None else await read_labelled(settings)
     labels = data.labels
     split = category_split(
         labels, min_items=min_items, val_fraction=0.25, test_fraction=0.0, seed=cfg.seed
     )
-    usable_train = [c for c in split["train"] if labels.count(c) > cfg.k_shot]
+    usable_train = [c for c in split["train"] if labels.count(c) > min(cfg.shots)]
     # training episodes cannot be wider than the categories there are to train on
     cfg = replace(cfg, n_way=min(cfg.n_way, len(usable_train)))
     if len(split["val"]) < 2 or cfg.n_way < 2:
@@ -358,6 +349,7 @@ async def train_once(
             "distinct examples)",
             {"categories": len(set(labels)), "examples": len(labels)},
         )
+    digest = data.digest()
     serving = await latest_announcement(settings)
     champion: Snapshot | None = None
     if serving is not None:
@@ -366,75 +358,56 @@ async def train_once(
                 store, serving["uri"], serving["sha256"], encoder_id=encoder_id, dim=data.x.shape[1]
             )
         except SnapshotError as exc:
-            log.warning(
-                "serving snapshot %s unusable (%s); gating against the identity",
-                serving["version"],
-                exc,
-            )
-    started = time.monotonic()
-    report = await asyncio.to_thread(
-        meta_train, data.x, labels, split["train"], split["val"], cfg, progress=progress
-    )
-    gate = EpisodeSampler(
-        labels,
-        split["val"],
-        n_way=min(20, len(split["val"])),
-        k_shot=cfg.k_shot,
-        q_query=cfg.q_query,
-        seed=cfg.seed + 101,
-    )
-    episodes = gate.episodes(GATE_EPISODES)
-
-    def score(adapter: Adapter | None) -> float:
-        steps = cfg.inner_steps if adapter is not None else 0
-        return float(
-            episode_accuracy(
-                adapter, data.x, episodes, steps=steps, lr=cfg.inner_lr, temperature=cfg.temperature
-            ).mean()
+            log.warning("serving snapshot %s unusable (%s)", serving["version"], exc)
+    if champion is not None and champion.manifest.get("data_window", {}).get("digest") == digest:
+        return TrainResult(
+            False,
+            f"nothing new: the serving version {champion.version} was trained on the same "
+            "labelled data",
+            {"champion_version": champion.version, "examples": len(labels)},
         )
+    started = time.monotonic()
 
-    challenger_acc = score(report.adapter)
-    champion_acc = score(champion.init if champion else None)
+    def learn() -> tuple[HeadReport, dict[str, dict[str, Any]]]:
+        with torch_threads(1):
+            report = meta_train_heads(
+                data.x, labels, data.platforms, split["train"], split["val"], cfg, progress=progress
+            )
+            return report, platform_gate(report.model, data, split["val"], cfg.seed)
+
+    report, gate = await asyncio.to_thread(learn)
     evaluation = {
-        "gate_episodes": GATE_EPISODES,
-        "gate_way": gate.n_way,
-        "challenger_accuracy": round(challenger_acc, 4),
-        "champion_accuracy": round(champion_acc, 4),
-        "champion_version": champion.version if champion else "base",
-        "raw_accuracy": round(score(None), 4),
+        "method": "proto-maml",
+        "learned": report.model.to_json(),
+        "meta_val_accuracy_start": round(report.val_accuracy_start, 4),
         "meta_val_accuracy": round(report.val_accuracy, 4),
         "episodes_run": report.episodes_run,
         "train_seconds": round(time.monotonic() - started, 1),
         "categories": {k: len(v) for k, v in split.items()},
+        "champion_version": champion.version if champion else "base",
+        "platforms": gate,
     }
-    gate_by_platform = platform_gate(report.adapter, data, split["val"], cfg)
-    evaluation["platforms"] = gate_by_platform
-    if challenger_acc <= champion_acc:
-        return TrainResult(
-            False,
-            f"challenger {challenger_acc:.4f} does not beat the serving "
-            f"{evaluation['champion_version']} ({champion_acc:.4f}) on the gate episodes",
-            evaluation,
-        )
-    approved = {p for p, g in gate_by_platform.items() if g["decision"] == "adapted"}
+    approved = {p: g["decision"] for p, g in gate.items() if g["decision"] != "identity"}
     if not approved:
         return TrainResult(
             False,
-            "no platform gains beyond noise on its own validation episodes: every platform "
+            "no platform gains beyond noise on its own validation categories: every platform "
             "stays with raw prototypes",
             evaluation,
         )
     if not publish:
-        return TrainResult(False, "won the gate; not published (--no-publish)", evaluation)
-    adapted = adapt_platforms(report.adapter, data, cfg, seed=cfg.seed)
-    platforms = {p: adapted.get(p, report.adapter) for p in sorted(approved)}
+        return TrainResult(False, "a platform gains; not published (--no-publish)", evaluation)
+    adapters, heads = await asyncio.to_thread(
+        platform_heads, report.model, data, approved, cfg.seed
+    )
     value = await publish_adapter(
         settings,
         store,
-        report.adapter,
-        platforms,
+        report.model.adapter,
+        adapters,
+        heads=heads,
         encoder_id=encoder_id,
-        data_window=data.window,
+        data_window={**data.window, "digest": digest},
         training=cfg.to_json(),
         evaluation=evaluation,
         parent=int(champion.version) if champion else None,

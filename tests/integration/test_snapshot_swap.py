@@ -202,7 +202,7 @@ async def test_the_embedded_worker_trains_on_a_timer_from_what_it_learned(
     broker: Any, worker_settings: Any, start_worker: Any
 ) -> None:
     """METAGUIDE_TRAIN_INTERVAL_S: the worker reads its own category-updates, trains, gates."""
-    settings = worker_settings(train_interval_s=1.0)
+    settings = worker_settings(train_interval_s=1.0, train_episodes=400)
     worker = await start_worker(settings)
     split = await send_labelled(broker, settings, max_test=0)
     await wait_until(
@@ -272,11 +272,20 @@ async def test_a_snapshot_for_one_platform_leaves_another_exactly_as_the_identit
         (gen.standard_normal((384, 8)) * 0.5).astype(np.float32),
         (gen.standard_normal((384, 8)) * 0.5).astype(np.float32),
     )
+    from metaguide.meta.heads import Residuals
+
+    names = sorted({x.category for x in split.labelled})
+    heads = Residuals(  # fine-tuned heads: residuals on shop-a's prototypes
+        names,
+        (gen.standard_normal((len(names), 384)) * 0.05).astype(np.float32),
+        (gen.standard_normal(len(names)) * 0.05).astype(np.float32),
+    )
     value = await publish_adapter(
         settings,
         snapshot_store(settings),
         adapter,
         {"shop-a": adapter},  # judged and adapted: shop-a only
+        heads={"shop-a": heads},
         encoder_id="bundled:all-MiniLM-L6-v2",
         data_window={},
         training={},

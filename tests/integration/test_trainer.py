@@ -1,4 +1,4 @@
-"""The trainer against the embedded broker: the champion/challenger gate and rollback."""
+"""The trainer against the embedded broker: the gate per platform, publishing, rollback."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from metaguide.config import Settings
-from metaguide.meta.maml import MetaConfig
-from metaguide.meta.snapshots import SnapshotError
+from metaguide.meta.heads import HeadConfig
+from metaguide.meta.snapshots import SnapshotError, load_snapshot
 from metaguide.meta.trainer import (
     Labelled,
     latest_announcement,
@@ -19,16 +19,17 @@ from metaguide.meta.trainer import (
     snapshot_store,
     train_once,
 )
-from tests.unit.test_meta import config, synthetic
+from tests.unit.test_heads import small as small_heads
+from tests.unit.test_meta import synthetic
 
 pytestmark = pytest.mark.integration
 
 
-def small() -> MetaConfig:
-    return config(n_way=5, episodes=200, val_episodes=30)
+def small() -> HeadConfig:
+    return small_heads(n_way=5, episodes=200)
 
 
-async def test_gate_publishes_only_a_better_adapter_and_rollback_returns(
+async def test_a_round_publishes_heads_for_a_platform_that_gains_once_and_rollback_returns(
     broker: Any, tmp_path: Path
 ) -> None:
     settings = Settings(
@@ -42,22 +43,25 @@ async def test_gate_publishes_only_a_better_adapter_and_rollback_returns(
 
     first = await train_once(settings, encoder_id="syn", data=data, config=small())
     assert first.published, first.reason
-    assert first.evaluation["challenger_accuracy"] > first.evaluation["raw_accuracy"]
-    assert (await latest_announcement(settings))["version"] == 1  # type: ignore[index]
+    verdict = first.evaluation["platforms"]["syn"]
+    assert verdict["decision"] == "adapted", verdict
+    assert verdict["candidates"]["adapted"]["accuracy"] > verdict["identity"]
+    serving = await latest_announcement(settings)
+    assert serving is not None and serving["version"] == 1
+    snap = load_snapshot(snapshot_store(settings), serving["uri"], serving["sha256"])
+    heads = snap.heads_for("syn")
+    assert heads is not None and heads.names == sorted(set(labels))
+    assert snap.manifest["evaluation"]["platforms"]["syn"]["decision"] == "adapted"
+    assert snap.heads_for("another-shop") is None  # never seen: the identity
 
-    # the same data and seed give the same adapter: it does not beat itself, so nothing new
+    # the same labelled data again: nothing new to learn, nothing published
     again = await train_once(settings, encoder_id="syn", data=data, config=small())
     assert not again.published
-    assert "does not beat the serving 1" in again.reason
+    assert "nothing new: the serving version 1" in again.reason
     assert snapshot_store(settings).versions("adapter") == [1]
 
     with pytest.raises(SnapshotError, match="no_earlier"):
         await rollback(settings)
-    from metaguide.meta.snapshots import load_snapshot
-
-    serving = await latest_announcement(settings)
-    assert serving is not None
-    snap = load_snapshot(snapshot_store(settings), serving["uri"], serving["sha256"])
     await publish_adapter(
         settings,
         snapshot_store(settings),

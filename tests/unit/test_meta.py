@@ -172,31 +172,3 @@ def test_trainer_input_learns_from_the_corrected_label_not_the_wrong_one() -> No
     assert sorted(data.categories) == ["hats", "scarves"]
     assert np.array_equal(data.x[data.categories.index("scarves")], a)
     assert np.array_equal(data.x[data.categories.index("hats")], b)
-
-
-def test_the_gate_serves_learned_weights_only_where_a_platform_gains() -> None:
-    from metaguide.meta.trainer import Labelled, platform_gate
-
-    x, labels = synthetic()  # a hidden low-rank structure the adapter learns
-    split = category_split(labels, min_items=10, seed=0)
-    cfg = config(episodes=200)
-    adapter = meta_train(x, labels, split["train"], split["val"], cfg).adapter
-    assert not adapter.is_identity()
-    gen = np.random.default_rng(5)
-    plain = [
-        gen.standard_normal(DIM) * 0.6 + gen.standard_normal((20, DIM)) * 0.3 for _ in range(12)
-    ]
-    xs = np.concatenate([x, *plain, gen.standard_normal((20, DIM))]).astype(np.float32)
-    platforms = ["good"] * len(labels) + ["plain"] * 240 + ["tiny"] * 20
-    categories = labels + [f"p{i // 20}" for i in range(240)] + ["t0"] * 20
-    data = Labelled(xs, platforms, categories)
-    val = [f"good\x1f{c}" for c in split["val"]] + [f"plain\x1fp{i}" for i in range(12)]
-    val.append("tiny\x1ft0")
-    gate = platform_gate(adapter, data, val, cfg)
-    assert gate["good"]["decision"] == "adapted", gate["good"]
-    assert gate["good"]["difference"]["mean"] - gate["good"]["difference"]["ci95"] > 0
-    assert gate["plain"]["decision"] == "identity", gate["plain"]
-    assert gate["tiny"] == {
-        "decision": "identity",
-        "reason": "too few labels to judge (1 validation categories)",
-    }

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from metaguide.meta.heads import Residuals
 from metaguide.meta.maml import Adapter
 from metaguide.meta.snapshots import (
     MANIFEST,
@@ -32,10 +33,20 @@ def trained(dim: int = 8, rank: int = 2, seed: int = 0) -> Adapter:
     )
 
 
+def heads() -> Residuals:
+    gen = np.random.default_rng(9)
+    return Residuals(
+        ["boots", "hats", "scarves"],
+        gen.standard_normal((3, 8)).astype(np.float32),
+        gen.standard_normal(3).astype(np.float32),
+    )
+
+
 def publish(store: FolderStore, version: int = 1) -> dict[str, object]:
     files = build_snapshot(
         trained(),
-        {"shop-a": trained(seed=1)},
+        {"shop-a": trained(seed=1), "shop-b": Adapter.identity(8, 2)},
+        heads={"shop-a": heads()},
         version=version,
         encoder_id="enc",
         data_window={"examples": 10},
@@ -54,6 +65,15 @@ def test_round_trip_keeps_every_weight_and_the_platforms(tmp_path: Path) -> None
     np.testing.assert_array_equal(snap.init.u, trained().u)
     np.testing.assert_array_equal(snap.adapter_for("shop-a").v, trained(seed=1).v)
     assert snap.adapter_for("unknown-shop") is None  # the identity: not judged, not adapted
+    got = snap.heads_for("shop-a")
+    assert got is not None and got.names == heads().names
+    np.testing.assert_array_equal(got.dw, heads().dw)
+    np.testing.assert_array_equal(got.db, heads().db)
+    assert snap.heads_for("shop-b") is None and snap.adapter_for("shop-b").is_identity()
+    assert snap.heads_for("unknown-shop") is None
+    assert json.loads((tmp_path / MODEL_NAME / "1" / MANIFEST).read_bytes())["heads"] == {
+        "shop-a": heads().names
+    }
     assert store.versions(MODEL_NAME) == [1]
     with pytest.raises(SnapshotError, match="version_exists"):
         publish(store)
@@ -93,8 +113,11 @@ def test_weights_file_is_safetensors_pinned_by_the_manifest(tmp_path: Path) -> N
     assert manifest["weights"]["sha256"] == sha256(weights)
     header_len = int.from_bytes(weights[:8], "little")  # safetensors: u64 header size, JSON
     header = json.loads(weights[8 : 8 + header_len])
-    assert set(header) - {"__metadata__"} == {"init.u", "init.v", "p0.u", "p0.v"}
-    assert manifest["platforms"] == {"shop-a": "p0"}
+    assert set(header) - {"__metadata__"} == {
+        *("init.u", "init.v", "p0.u", "p0.v", "p0.dw", "p0.db", "p1.u", "p1.v")
+    }
+    assert header["p0.dw"]["shape"] == [3, 8] and header["p0.db"]["shape"] == [3]
+    assert manifest["platforms"] == {"shop-a": "p0", "shop-b": "p1"}
     assert manifest["adapter"] == {"kind": "lowrank-identity", "dim": 8, "rank": 2}
 
 
@@ -124,6 +147,37 @@ def test_a_consistent_snapshot_with_bad_tensors_is_refused(tmp_path: Path) -> No
     )
     uri = FolderStore(tmp_path).put(MODEL_NAME, 1, files)
     with pytest.raises(SnapshotError, match="bad_weights"):
+        load_snapshot(FolderStore(tmp_path), uri, sha256(files[MANIFEST]))
+
+
+def test_heads_that_do_not_fit_are_refused_when_built_and_when_loaded(tmp_path: Path) -> None:
+    wrong = Residuals(["a", "b"], np.zeros((2, 5), np.float32), np.zeros(2, np.float32))
+    with pytest.raises(ValueError, match="heads' shape"):
+        build_snapshot(
+            trained(),
+            {"shop": trained()},
+            heads={"shop": wrong},
+            version=1,
+            encoder_id="enc",
+            data_window={},
+            training={},
+            evaluation={},
+        )
+    files = build_snapshot(
+        trained(),
+        {"shop": trained()},
+        heads={"shop": heads()},
+        version=1,
+        encoder_id="enc",
+        data_window={},
+        training={},
+        evaluation={},
+    )
+    manifest = json.loads(files[MANIFEST])
+    manifest["heads"]["shop"] = ["only-one"]  # rows named do not match the tensor's
+    files[MANIFEST] = json.dumps(manifest).encode()
+    uri = FolderStore(tmp_path).put(MODEL_NAME, 1, files)
+    with pytest.raises(SnapshotError, match="shape_mismatch"):
         load_snapshot(FolderStore(tmp_path), uri, sha256(files[MANIFEST]))
 
 
