@@ -6,6 +6,7 @@
 Runs, each writing bench/results/<name>.json (and plots where there are):
   fewshot_compare  .venv-bench/bin/python bench/fewshot_compare.py  (SetFit needs .venv-bench)
   recommend        metaguide eval recommend --json
+  transfer         metaguide eval transfer --json (meta-learning on unseen platforms)
   encoder          bench/encoder.py (listing path against the raw encoder)
   clicks           bench/clicks.py (click path against raw aiokafka)
   adaptation       bench/adaptation.py (new category, snapshot swap)
@@ -30,10 +31,12 @@ def steps(quick: bool) -> list[tuple[str, list[str]]]:
     few = ["--episodes", "1", "--shots", "1", "5"] if quick else []
     clicks = ["--clicks", "5000", "--requests", "100"] if quick else []
     scale = ["--max-users", "10000", "--max-items", "10000"] if quick else []
+    transfer = ["--transfer-episodes", "5"] if quick else ["--transfer-episodes", "60"]
     encoder = ["--n", "600", "--rounds", "1", "--load-seconds", "2"] if quick else []
     return [
         ("fewshot_compare", [str(BENCH), "bench/fewshot_compare.py", *few]),
         ("recommend", [str(MAIN), "-m", "metaguide.cli", "eval", "recommend", "--json"]),
+        ("transfer", [str(MAIN), "-m", "metaguide.cli", "eval", "transfer", "--json", *transfer]),
         ("encoder", [str(MAIN), "bench/encoder.py", "--json", *encoder]),
         ("clicks", [str(MAIN), "bench/clicks.py", *clicks]),
         ("adaptation", [str(MAIN), "bench/adaptation.py"]),
@@ -55,9 +58,9 @@ def main() -> int:
             continue
         started = time.monotonic()
         print(f"== {name}: {' '.join(cmd)}", file=sys.stderr, flush=True)
-        if name == "recommend":  # prints its report on stdout
+        if name in ("recommend", "transfer"):  # print their report on stdout
             out = subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.PIPE).stdout
-            (ROOT / "bench" / "results" / "recommend.json").write_bytes(out)
+            (ROOT / "bench" / "results" / f"{name}.json").write_bytes(out)
         else:
             subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
         timings[name] = round(time.monotonic() - started)
