@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -45,6 +46,76 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0 if summary["missing"] == 0 else 1
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from metaguide.serve import serve_embedded
+
+    if not args.embedded:
+        print(
+            "metaguide serve runs the embedded broker (--embedded); against your own broker,"
+            " run metaguide worker with METAGUIDE_BROKER_URL set",
+            file=sys.stderr,
+        )
+        return 2
+    settings = Settings.from_env()
+    logging.getLogger("faust.transport.producer").setLevel(logging.ERROR)
+    asyncio.run(
+        serve_embedded(
+            settings,
+            state_dir=args.state_dir or settings.state_dir,
+            broker_port=args.broker_port,
+            samples=not args.no_samples,
+            say=lambda line: print(line, flush=True),
+        )
+    )
+    return 0
+
+
+TOPIC_KEYS = {
+    "listings": "item_id",
+    "labels": "item_id",
+    "clicks": "user_id",
+    "recommendation-requests": "user_id",
+}
+
+
+def _replay_events(args: argparse.Namespace, settings: Settings) -> int:
+    """Events of one topic from a JSON-lines file, keyed as the topic expects."""
+    from metaguide.kafka.client import kafka_client_options
+    from metaguide.kafka.replay import produce_events
+
+    if not args.file or not args.topic:
+        raise MetaguideError("replay events needs --file (JSON lines) and --topic")
+    path = Path(args.file)
+    try:
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except OSError as exc:
+        raise MetaguideError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    events = []
+    for n, line in enumerate(lines, 1):
+        try:
+            event = json.loads(line)
+        except ValueError as exc:
+            raise MetaguideError(f"{path}:{n}: not JSON ({exc})") from exc
+        if not isinstance(event, dict) or not isinstance(event.get(TOPIC_KEYS[args.topic]), str):
+            raise MetaguideError(
+                f"{path}:{n}: a {args.topic} event is a JSON object with a string"
+                f" {TOPIC_KEYS[args.topic]}"
+            )
+        events.append(event)
+    bootstrap = args.bootstrap or settings.broker_url.removeprefix("kafka://")
+    sent = asyncio.run(
+        produce_events(
+            bootstrap,
+            settings.topic(args.topic),
+            events,
+            key_field=TOPIC_KEYS[args.topic],
+            **kafka_client_options(settings),
+        )
+    )
+    print(f"sent {sent} events to {settings.topic(args.topic)}")
+    return 0
+
+
 def _cmd_replay(args: argparse.Namespace) -> int:
     from metaguide.eval.myntra import (
         MYNTRA_FILE,
@@ -59,6 +130,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if args.dataset == "online-retail":
         return _replay_retail(args, settings)
+    if args.dataset == "events":
+        return _replay_events(args, settings)
     if args.dataset == "myntra-sample":
         path = SAMPLE_FILE
     else:
@@ -328,8 +401,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="also print the summary as JSON")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("replay", help="produce a data set's listings to a broker's topics")
-    p.add_argument("dataset", choices=["myntra", "myntra-sample", "online-retail"])
+    p = sub.add_parser(
+        "serve", help="--embedded: the embedded broker and one worker, until Ctrl-C or SIGTERM"
+    )
+    p.add_argument("--embedded", action="store_true", help="start the embedded broker too")
+    p.add_argument(
+        "--state-dir", help="where the state is saved and loaded (default: METAGUIDE_STATE_DIR)"
+    )
+    p.add_argument("--broker-port", type=int, default=9092, help="the broker's port (9092)")
+    p.add_argument("--no-samples", action="store_true", help="start empty: no Myntra sample")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("replay", help="produce a data set's or a file's events to a broker")
+    p.add_argument("dataset", choices=["myntra", "myntra-sample", "online-retail", "events"])
+    p.add_argument("--file", help="events: a JSON-lines file, one event per line")
+    p.add_argument("--topic", choices=sorted(TOPIC_KEYS), help="events: the topic to send to")
     p.add_argument("--bootstrap", help="host:port (default: METAGUIDE_BROKER_URL)")
     p.add_argument("--data-dir", help="folder of the data sets (default: METAGUIDE_DATA_DIR)")
     p.add_argument("--shots", type=int, default=5)
@@ -376,6 +462,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def explain(exc: BaseException) -> str | None:
+    """One line a person can act on for an error of theirs (a setting, a file, a broker, a
+    port); None for anything else, which is a bug and keeps its traceback."""
+    if isinstance(exc, MetaguideError):
+        return str(exc)
+    if isinstance(exc, FileNotFoundError):
+        return (
+            f"no such file: {exc.filename}. Data sets are read from METAGUIDE_DATA_DIR (or"
+            " --data-dir): point it at the folder that holds them"
+        )
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        return (
+            f"a port is in use ({exc.strerror}): stop what holds it, or choose other ports"
+            " (METAGUIDE_WEB_PORT, METAGUIDE_METRICS_PORT)"
+        )
+    if type(exc).__module__.startswith("aiokafka") and "Connection" in type(exc).__name__:
+        return (
+            f"cannot reach the Kafka broker ({exc}): is it running? Check METAGUIDE_BROKER_URL"
+            " (or --bootstrap)"
+        )
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -386,10 +495,11 @@ def main(argv: list[str] | None = None) -> int:
             level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
         return int(args.func(args))
-    except MetaguideError as exc:
-        if logging.getLogger().isEnabledFor(logging.DEBUG):
+    except Exception as exc:
+        message = explain(exc)
+        if message is None or logging.getLogger().isEnabledFor(logging.DEBUG):
             raise
-        print(f"metaguide: {exc}", file=sys.stderr)
+        print(f"metaguide: {message}", file=sys.stderr)
         return 2
 
 

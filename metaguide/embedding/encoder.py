@@ -159,6 +159,8 @@ class TransformerEncoder:
     ) -> None:
         path = default_model_path() if model == DEFAULT_MODEL else model
         local = Path(path).is_dir()
+        # a hub id resolves from the local cache only, unless HF_HUB_OFFLINE=0 says otherwise
+        offline = local or os.environ.get("HF_HUB_OFFLINE") != "0"
         if not local and os.environ.get("HF_HUB_OFFLINE") != "0":
             # a hub id only resolves from the local cache: metaguide never downloads at run time
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -172,10 +174,18 @@ class TransformerEncoder:
             torch.set_num_threads(self.threads)
         # tokenizers' own thread pool spins on the cores this encoder's calls already fill
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        self._tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
+        try:
+            self._tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=offline)
+        except OSError as exc:
+            raise EncoderError(
+                f"model {model!r} is not installed: it is neither a model folder nor in the"
+                " local Hugging Face cache, and metaguide never downloads at run time. Set"
+                " METAGUIDE_MODEL to a model folder, or unset it for the bundled"
+                " all-MiniLM-L6-v2"
+            ) from exc
         # a second instance for token_count, called on the event loop while model calls
         # tokenize in their threads: a fast tokenizer is not safe to share between threads
-        self._counter = AutoTokenizer.from_pretrained(path, local_files_only=local)
+        self._counter = AutoTokenizer.from_pretrained(path, local_files_only=offline)
         self._word_tokens: dict[str, int] = {}  # word -> its token count (token_count)
         self._by_word, self._special_tokens = False, 0
         if self._counter.is_fast:  # a text alone: no padding (the bundled one pads to 128)
@@ -185,7 +195,7 @@ class TransformerEncoder:
             self._by_word = type(backend.pre_tokenizer).__name__ in _WORD_SPLITTING
             self._special_tokens = backend.num_special_tokens_to_add(False)
         dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-        self._model = AutoModel.from_pretrained(path, local_files_only=local, dtype=dtype)
+        self._model = AutoModel.from_pretrained(path, local_files_only=offline, dtype=dtype)
         self._model.to(self.device).eval()
         self.dim = int(self._model.config.hidden_size)
         keys = tuple(self._tokenize(["probe"]).keys())

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 __all__ = [
+    "check_broker",
     "follow_topic",
     "group_less_consumer",
     "kafka_client_options",
@@ -118,3 +119,24 @@ def group_less_consumer(bootstrap: str, **client_options: Any) -> Any:
     return AIOKafkaConsumer(
         bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, **client_options
     )
+
+
+async def check_broker(bootstrap: str, timeout_s: float = 10.0, **client_options: Any) -> None:
+    """Raise :class:`BrokerError` saying what to do when no broker answers at ``bootstrap``."""
+    from aiokafka.errors import KafkaError
+
+    from metaguide.errors import BrokerError
+
+    consumer = group_less_consumer(
+        bootstrap, request_timeout_ms=int(timeout_s * 1000), **client_options
+    )
+    try:
+        await consumer.start()
+    except (KafkaError, OSError) as exc:
+        raise BrokerError(
+            f"cannot reach a Kafka broker at {bootstrap} ({type(exc).__name__}: {exc}): is it"
+            " running? Set METAGUIDE_BROKER_URL to its address, or try metaguide serve"
+            " --embedded"
+        ) from None
+    finally:
+        await consumer.stop()
