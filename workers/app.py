@@ -171,6 +171,11 @@ class Worker:
         either, so they are redelivered on restart.
         """
         try:
+            # write-behind profiles: written (and their clicks acked) before the producer goes
+            await asyncio.wait_for(self.clicks.profiles.write_profiles(), timeout_s)
+        except Exception as exc:  # not started, or the broker is gone: redelivered later
+            log.info("profiles not written at stop: %r", exc)
+        try:
             await asyncio.wait_for(self.app.stop(), timeout_s)
         except TimeoutError:
             log.warning("worker %s did not stop within %ss", self.settings.app_id, timeout_s)

@@ -60,6 +60,12 @@ class WorkerContext:
         if batch.record_count():
             await producer.send_batch(batch, topic, partition=partition)
 
+    @property
+    def stopping(self) -> bool:
+        """The app is stopping: a step that fails now failed because its producer or consumer
+        went away, not because of its events; left unacked, they are redelivered."""
+        return bool(self.app.should_stop)
+
     async def dead_letter(self, message: Any, reason: str, detail: str) -> None:
         """Send a consumed message that cannot be processed to the dead-letter topic."""
         record = dead_letter_of(message, reason, detail)

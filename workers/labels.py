@@ -131,6 +131,8 @@ class LabelPath:
                 self._count_waiting()
                 return
         except Exception as exc:
+            if self.ctx.stopping:
+                return  # not acked: redelivered after the restart
             log.exception("label %s failed", label.event_id)
             await self.ctx.dead_letter(event.message, "processing_error", repr(exc))
         await self._ack(event)
@@ -169,6 +171,8 @@ class LabelPath:
                 try:
                     await self._apply(w.label, w.event, partition)
                 except Exception as exc:
+                    if self.ctx.stopping:
+                        return  # not acked: redelivered after the restart
                     log.exception("label %s failed", w.label.event_id)
                     await self.ctx.dead_letter(w.event.message, "processing_error", repr(exc))
                 await self._ack(w.event)

@@ -169,6 +169,9 @@ class ListingPath:
         except asyncio.CancelledError:
             raise  # shutting down: not acked, so it is redelivered after the restart
         except Exception as exc:
+            if ctx.stopping:
+                log.info("a batch of %s left unacked for redelivery: stopping (%r)", tp, exc)
+                return
             log.exception("a batch of %d listings of %s failed", len(messages), tp)
             detail = f"{type(exc).__name__}: {exc}"
             for message, _ in valid:

@@ -61,6 +61,23 @@ def _unpack(data: bytes) -> Iterator[tuple[int, int, int, int, bytes | None, byt
         yield topic, partition, offset, ts, key, value
 
 
+async def _partitions(bootstrap: str, **client_options: Any) -> dict[str, int]:
+    """Each topic's partition count, from a metadata request for every topic."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options)
+    await admin.start()
+    try:
+        described = await admin.describe_topics()
+    finally:
+        await admin.close()
+    return {
+        t["topic"]: len(t["partitions"])
+        for t in described
+        if not t["topic"].startswith("__") and t["partitions"]
+    }
+
+
 async def save_broker(
     bootstrap: str, folder: str | Path, groups: list[str], **client_options: Any
 ) -> dict[str, Any]:
@@ -70,18 +87,16 @@ async def save_broker(
 
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
+    topics = await _partitions(bootstrap, **client_options)
+    names = sorted(topics)
     consumer = group_less_consumer(bootstrap, **client_options)
     await consumer.start()
-    topics: dict[str, int] = {}
     count = 0
     tmp = out / f"{RECORDS}.tmp"
     try:
-        names = sorted(t for t in await consumer.topics() if not t.startswith("__"))
         with tmp.open("wb") as fh:
             for index, topic in enumerate(names):
-                partitions = sorted(consumer.partitions_for_topic(topic) or ())
-                topics[topic] = len(partitions)
-                tps = [TopicPartition(topic, p) for p in partitions]
+                tps = [TopicPartition(topic, p) for p in range(topics[topic])]
                 if not tps:
                     continue
                 consumer.assign(tps)
@@ -138,6 +153,8 @@ async def load_broker(bootstrap: str, folder: str | Path, **client_options: Any)
     if manifest.get("format") != FORMAT:
         raise BrokerError(f"{src / MANIFEST}: format {manifest.get('format')!r}, want {FORMAT}")
     names = sorted(manifest["topics"])
+    if not names:
+        return manifest
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options)
     await admin.start()
     try:

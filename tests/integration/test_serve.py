@@ -35,6 +35,7 @@ class Served:
             "METAGUIDE_LOG_LEVEL": "warning",
         }
         self.log = log
+        self.out = log.open("ab")
         self.proc = subprocess.Popen(
             [
                 *METAGUIDE,
@@ -47,7 +48,7 @@ class Served:
                 str(ports["broker"]),
             ],
             env=env,
-            stdout=log.open("ab"),
+            stdout=self.out,
             stderr=subprocess.STDOUT,
         )
         self.web = f"http://127.0.0.1:{ports['web']}"
@@ -65,7 +66,10 @@ class Served:
 
     def terminate(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(60)
+        try:
+            return self.proc.wait(60)
+        finally:
+            self.out.close()
 
 
 def replay(ports: dict[str, int], *args: str) -> str:
@@ -111,7 +115,18 @@ async def test_serve_keeps_running_answers_over_http_and_comes_back_after_sigter
     try:
         async with aiohttp.ClientSession() as http:
             await served.ready(http)
-            assert "sent" in replay(ports, "myntra-sample", "--max-test", "20")
+            sent = int(replay(ports, "myntra-sample", "--max-test", "20").split()[1])
+            metrics = f"http://127.0.0.1:{ports['metrics']}/metrics"
+
+            async def stored() -> bool:
+                async with http.get(metrics) as resp:
+                    text = await resp.text()
+                return any(
+                    line.startswith("metaguide_item_embeddings") and float(line.split()[-1]) >= sent
+                    for line in text.splitlines()
+                )
+
+            await wait_until_async(stored, 120, f"the {sent} listings stored")
             assert "sent 3 events" in replay(
                 ports, "events", "--topic", "clicks", "--file", str(clicks)
             )
@@ -142,5 +157,6 @@ async def test_serve_keeps_running_answers_over_http_and_comes_back_after_sigter
         assert "Traceback" not in log.read_text()
         assert "loaded the saved state" in log.read_text()
     finally:
-        if served.proc.poll() is None:
-            served.proc.kill()
+        for proc in (served.proc, again.proc if "again" in locals() else None):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
