@@ -37,13 +37,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     # the demo's burst fills Faust's producer buffer on purpose; its warnings would bury the summary
     logging.getLogger("faust.transport.producer").setLevel(logging.ERROR)
     logging.getLogger("mode.timers").setLevel(logging.ERROR)
+    progress = None if args.json or args.quiet else _stderr
     summary = asyncio.run(
-        run_demo(settings, data_path=data, shots=args.shots, max_test=args.max_test)
+        run_demo(
+            settings,
+            data_path=data,
+            shots=args.shots,
+            max_test=args.max_test,
+            quick=args.quick,
+            progress=progress,
+        )
     )
-    print(format_summary(summary))
-    if args.json:
-        print(json.dumps(summary))
-    return 0 if summary["missing"] == 0 else 1
+    print(json.dumps(summary) if args.json else format_summary(summary))
+    return 0 if summary["classification"]["missing"] == 0 else 1
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -398,7 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="a Myntra styles.csv.gz (default: the carried sample)")
     p.add_argument("--shots", type=int, default=5, help="labelled titles per article type")
     p.add_argument("--max-test", type=int, default=None, help="cap on unlabelled listings")
-    p.add_argument("--json", action="store_true", help="also print the summary as JSON")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.add_argument("--quick", action="store_true", help="classification and feedback only")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser(

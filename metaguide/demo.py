@@ -1,11 +1,21 @@
-"""``metaguide demo``: the embedded default, end to end, on real data.
+"""``metaguide demo``: the whole product, end to end, on the embedded broker and real data.
 
-Starts the embedded broker, runs a worker, replays Myntra listings (k labelled examples per
-article type, then unlabelled listings whose titles were never labelled), reads the
-classifications back and prints a summary. Then the feedback loop: the review requests the
-worker raised are answered with the held-back labels (label events, as a reviewer would send
-them), and the listings nobody reviewed are listed again: their accuracy before and after
-says what the answers were worth. Everything is shut down at the end.
+Starts the embedded broker and one worker, then runs each of metaguide's jobs on the carried
+samples (``metaguide/samples``) and reports what happened:
+
+- classification: Myntra and Flipkart listings (two platforms), k labelled examples per
+  category, then unlabelled listings whose titles were never labelled;
+- feedback: the review requests the worker raised are answered with the held-back labels
+  (label events, as a reviewer would send them); the listings nobody reviewed are listed
+  again, and their accuracy before and after says what the answers were worth;
+- recommendations: Online Retail products as listings and customers' purchases before a
+  cut-off as clicks; HR@10 of the worker's HTTP answers on the purchases after it, against
+  popularity; a few customers' histories and answers; a new customer's answers after 0, 1
+  and 3 clicks;
+- adaptation: a training round on the labels the worker saw, the gate's decision for each
+  platform, and, if a snapshot is published, the same listings' accuracy after the swap.
+
+``quick`` runs classification and feedback only. Everything is shut down at the end.
 """
 
 from __future__ import annotations
@@ -15,6 +25,8 @@ import json
 import tempfile
 import time
 import uuid
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +34,45 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from metaguide.config import Settings
-from metaguide.eval.myntra import SAMPLE_FILE, few_shot_split, listing_event, load_myntra
+from metaguide.eval.myntra import (
+    SAMPLE_FILE,
+    Listing,
+    few_shot_split,
+    listing_event,
+    load_flipkart,
+    load_myntra,
+)
 from metaguide.kafka.broker import EmbeddedBroker, free_port
 from metaguide.kafka.client import read_to_end
 from metaguide.kafka.replay import produce_events
 from metaguide.waiting import wait_until
 
-__all__ = ["run_demo", "format_summary"]
+__all__ = ["FLIPKART_SAMPLE", "RETAIL_SAMPLE", "run_demo", "format_summary"]
+
+SAMPLES = SAMPLE_FILE.parent
+FLIPKART_SAMPLE = SAMPLES / "flipkart_sample.csv.gz"
+RETAIL_SAMPLE = SAMPLES / "online_retail_sample.csv.gz"
+RETAIL_CUTOFF = "2011-11-15"  # recommendations: clicks before it, held-out purchases after
+ITEM_PREFIX = "or-"  # Online Retail's stock codes as item ids
 
 # the demo's listings arrive in seconds: a budget that asks about a few percent of them
 DEMO_REVIEW_BUDGET_PER_HOUR = 90_000.0
+
+
+def _listings(data_path: str | Path, shots: int, seed: int, max_test: int | None) -> Any:
+    """The classification listings of both platforms: (labelled, test, categories)."""
+    labelled: list[Listing] = []
+    test: list[Listing] = []
+    categories: dict[str, int] = {}
+    for platform, listings in (
+        ("myntra", load_myntra(data_path)),
+        ("flipkart", load_flipkart(FLIPKART_SAMPLE)),
+    ):
+        split = few_shot_split(listings, shots, seed=seed)
+        labelled += split.labelled
+        test += split.test if max_test is None else split.test[:max_test]
+        categories[platform] = len(split.categories)
+    return labelled, test, categories
 
 
 async def run_demo(
@@ -41,16 +82,17 @@ async def run_demo(
     shots: int = 5,
     max_test: int | None = None,
     seed: int = 0,
+    quick: bool = False,
     timeout_s: float = 540.0,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the demo and return its summary (see :func:`format_summary`)."""
     from workers.app import create_worker
     from workers.run import tune_process
 
+    say = progress or (lambda line: None)
     started = time.perf_counter()
-    listings = load_myntra(data_path)
-    split = few_shot_split(listings, shots, seed=seed)
-    test = split.test if max_test is None else split.test[:max_test]
+    labelled, test, categories = _listings(data_path, shots, seed, max_test)
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as state_dir:
         settings = settings.with_(
             broker_url=broker.url,
@@ -59,7 +101,9 @@ async def run_demo(
             state_dir=state_dir,
             web_port=free_port(),
             review_budget_per_hour=DEMO_REVIEW_BUDGET_PER_HOUR,
+            train_interval_s=0.0,  # the demo runs its one training round itself
         )
+        say("starting the embedded broker and a worker")
         worker = create_worker(settings)
         tune_process()  # once per process; a no-op after the first
         metrics_server = worker.metrics.serve(settings.metrics_port, "127.0.0.1")
@@ -70,22 +114,24 @@ async def run_demo(
             auto_offset_reset="earliest",
             group_id=None,
         )
+        report: dict[str, Any] = {}
         try:
             await worker.start()
             await producer.start()
             await consumer.start()
             topic = settings.topic("listings")
+            say(f"classification: {len(labelled)} labelled listings, then {len(test)} unlabelled")
             await produce_events(
                 broker.bootstrap,
                 topic,
-                (listing_event(x, labelled=True) for x in split.labelled),
+                (listing_event(x, labelled=True) for x in labelled),
                 key_field="item_id",
                 producer=producer,
             )
             await wait_until(
-                lambda: sum(worker.prototypes.categories().values()) >= len(split.labelled),
+                lambda: sum(worker.prototypes.categories().values()) >= len(labelled),
                 timeout_s,
-                f"{len(split.labelled)} labelled listings to reach the prototypes",
+                f"{len(labelled)} labelled listings to reach the prototypes",
             )
             labelled_done = time.perf_counter()
             truth = {x.item_id: x.category for x in test}
@@ -100,44 +146,96 @@ async def run_demo(
                     producer=producer,
                 )
             )
-            deadline = time.monotonic() + timeout_s
-            while len(results) < len(test) and time.monotonic() < deadline:
-                batch = await consumer.getmany(timeout_ms=500)
-                for messages in batch.values():
-                    for message in messages:
-                        record = json.loads(message.value)
-                        results[record["item_id"]] = record
+            results = await _collect(consumer, "", len(test), timeout_s)
             await send
+            report["classification"] = _classification(
+                test, truth, results, categories, shots, len(labelled), t0
+            )
+            report["classification"]["labelled_phase_s"] = labelled_done - started
+            say("feedback: answering the review requests")
             feedback = await _feedback_loop(
                 worker, broker, producer, consumer, test, truth, results, timeout_s
             )
+            report["feedback"] = {k: v for k, v in feedback.items() if k != "after"}
+            if not quick:
+                say("recommendations: Online Retail purchases as clicks")
+                report["recommendations"] = await _recommendations(
+                    worker, broker, producer, settings, timeout_s
+                )
+                say("adaptation: a training round on the labels the worker saw")
+                report["adaptation"] = await _adaptation(
+                    worker, broker, producer, consumer, test, truth, feedback, timeout_s
+                )
         finally:
             await consumer.stop()
             await producer.stop()
             await worker.stop()
             metrics_server.shutdown()  # type: ignore[attr-defined]
+    report["data"] = {
+        "myntra": str(data_path),
+        "flipkart": str(FLIPKART_SAMPLE),
+        "online_retail": None if quick else str(RETAIL_SAMPLE),
+    }
+    report["total_s"] = time.perf_counter() - started
+    return report
+
+
+async def _collect(
+    consumer: AIOKafkaConsumer, prefix: str, count: int, timeout_s: float
+) -> dict[str, dict[str, Any]]:
+    """Classifications whose event id starts with ``prefix``, by item, until ``count``."""
+    out: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + timeout_s
+    while len(out) < count and time.monotonic() < deadline:
+        batch = await consumer.getmany(timeout_ms=500)
+        for messages in batch.values():
+            for message in messages:
+                record = json.loads(message.value)
+                if record["event_id"].startswith(prefix):
+                    out[record["item_id"]] = record
+    return out
+
+
+def _top1(records: list[dict[str, Any]], truth: dict[str, str]) -> float:
+    hits = [bool(r["top_k"]) and r["top_k"][0]["category"] == truth[r["item_id"]] for r in records]
+    return float(np.mean(hits)) if hits else 0.0
+
+
+def _classification(
+    test: list[Listing],
+    truth: dict[str, str],
+    results: dict[str, dict[str, Any]],
+    categories: dict[str, int],
+    shots: int,
+    labelled: int,
+    t0: float,
+) -> dict[str, Any]:
     records = [results[i] for i in truth if i in results]
     latencies = np.array([r["ts"] - r["listing_ts"] for r in records]) if records else np.zeros(1)
-    top1 = [bool(r["top_k"]) and r["top_k"][0]["category"] == truth[r["item_id"]] for r in records]
     top3 = [truth[r["item_id"]] in [c["category"] for c in r["top_k"][:3]] for r in records]
     last = max((r["ts"] for r in records), default=t0)
+    platform_of = {x.item_id: x.platform for x in test}
+    platforms = {}
+    for platform in categories:
+        own = [r for r in records if platform_of[r["item_id"]] == platform]
+        platforms[platform] = {
+            "categories": categories[platform],
+            "test_listings": sum(1 for x in test if x.platform == platform),
+            "accuracy_top1": _top1(own, truth),
+        }
     return {
-        "data": str(data_path),
-        "categories": len(split.categories),
         "shots": shots,
-        "labelled_events": len(split.labelled),
+        "labelled_events": labelled,
         "test_events": len(test),
         "classifications": len(records),
         "missing": len(test) - len(records),
-        "accuracy_top1": float(np.mean(top1)) if top1 else 0.0,
+        "platforms": platforms,
+        "accuracy_top1": _top1(records, truth),
         "accuracy_top3": float(np.mean(top3)) if top3 else 0.0,
         "throughput_items_per_s": len(records) / max(last - t0, 1e-9),
         "latency_p50_s": float(np.percentile(latencies, 50)),
         "latency_p99_s": float(np.percentile(latencies, 99)),
         "model_versions": sorted({r["model_version"] for r in records}),
-        "feedback": feedback,
-        "labelled_phase_s": labelled_done - started,
-        "total_s": time.perf_counter() - started,
     }
 
 
@@ -183,32 +281,7 @@ async def _feedback_loop(
     )
     reviewed = {r["item_id"] for r in reviews}
     rest = [x for x in test if x.item_id not in reviewed]
-    again = [{**listing_event(x, labelled=False), "event_id": f"again-{x.item_id}"} for x in rest]
-    send = asyncio.ensure_future(
-        produce_events(
-            broker.bootstrap,
-            settings.topic("listings"),
-            again,
-            key_field="item_id",
-            producer=producer,
-        )
-    )
-    after: dict[str, dict[str, Any]] = {}
-    while len(after) < len(rest) and time.monotonic() < deadline:
-        batch = await consumer.getmany(timeout_ms=500)
-        for messages in batch.values():
-            for message in messages:
-                record = json.loads(message.value)
-                if record["event_id"].startswith("again-"):
-                    after[record["item_id"]] = record
-    await send
-
-    def accuracy(records: list[dict[str, Any]]) -> float:
-        hits = [
-            bool(r["top_k"]) and r["top_k"][0]["category"] == truth[r["item_id"]] for r in records
-        ]
-        return float(np.mean(hits)) if hits else 0.0
-
+    after = await _relist(broker, producer, consumer, settings, rest, "again-", deadline)
     both = [i for i in after if i in before]
     return {
         "review_requests": len(reviews),
@@ -216,32 +289,331 @@ async def _feedback_loop(
         "novel_listings": int(metrics.total(metrics.novel_listings)),
         "unreviewed_listings": len(rest),
         "relisted_classified": len(after),
-        "accuracy_before": accuracy([before[i] for i in both]),
-        "accuracy_after": accuracy([after[i] for i in both]),
+        "accuracy_before": _top1([before[i] for i in both], truth),
+        "accuracy_after": _top1([after[i] for i in both], truth),
+        "after": after,
     }
 
 
-def format_summary(s: dict[str, Any]) -> str:
-    """The human-readable summary the demo prints."""
-    return "\n".join(
-        [
-            "metaguide demo: few-shot classification of Myntra listings",
-            f"  data                 {s['data']}",
-            f"  categories           {s['categories']} article types,"
-            f" {s['shots']} labelled titles each",
-            f"  events processed     {s['labelled_events']} labelled"
-            f" + {s['test_events']} unlabelled",
-            f"  classifications      {s['classifications']} ({s['missing']} missing)",
-            f"  accuracy             top-1 {s['accuracy_top1']:.3f}, top-3 {s['accuracy_top3']:.3f}"
-            " (test titles never labelled)",
-            f"  throughput           {s['throughput_items_per_s']:.0f} listings/s",
-            f"  latency              p50 {s['latency_p50_s'] * 1000:.0f} ms,"
-            f" p99 {s['latency_p99_s'] * 1000:.0f} ms (event time to classification)",
-            f"  model version        {', '.join(s['model_versions'])}",
-            *_feedback_lines(s["feedback"]),
-            f"  wall time            {s['total_s']:.1f} s",
-        ]
+async def _relist(
+    broker: EmbeddedBroker,
+    producer: AIOKafkaProducer,
+    consumer: AIOKafkaConsumer,
+    settings: Settings,
+    listings: list[Listing],
+    prefix: str,
+    deadline: float,
+) -> dict[str, dict[str, Any]]:
+    """List ``listings`` again (event ids starting ``prefix``); their classifications."""
+    events = [
+        {**listing_event(x, labelled=False), "event_id": f"{prefix}{x.item_id}"} for x in listings
+    ]
+    send = asyncio.ensure_future(
+        produce_events(
+            broker.bootstrap,
+            settings.topic("listings"),
+            events,
+            key_field="item_id",
+            producer=producer,
+        )
     )
+    out = await _collect(consumer, prefix, len(events), max(1.0, deadline - time.monotonic()))
+    await send
+    return out
+
+
+# --------------------------------------------------------------------------- recommendations
+
+
+async def _recommendations(
+    worker: Any,
+    broker: EmbeddedBroker,
+    producer: AIOKafkaProducer,
+    settings: Settings,
+    timeout_s: float,
+    k: int = 10,
+) -> dict[str, Any]:
+    """Online Retail's products as listings, purchases before the cut-off as clicks; the
+    worker's answers over HTTP for the customers who buy after it, against popularity."""
+    import aiohttp
+
+    from metaguide.eval.recommend import ranking_metrics, temporal_split
+    from metaguide.eval.retail import PLATFORM, _parse_ts, click_events, load_online_retail
+
+    data = load_online_retail(RETAIL_SAMPLE)
+    split = temporal_split(data, _parse_ts(f"{RETAIL_CUTOFF} 00:00"))
+    catalog = set(split.catalog_items)
+    # item ids are unique across platforms in the items table: stock codes get a prefix
+    # (Myntra's numeric ids and Online Retail's five-digit codes overlap)
+    listings = [
+        {
+            "event_id": f"{PLATFORM}-listing-{code}",
+            "platform": PLATFORM,
+            "item_id": f"{ITEM_PREFIX}{code}",
+            "title": data.items[code],
+            "ts": data.first_sold[code],
+        }
+        for code in split.catalog_items
+    ]
+    train = [
+        {**c, "item_id": f"{ITEM_PREFIX}{c['item_id']}"}
+        for c in click_events(data)
+        if c["ts"] < split.cutoff
+    ]
+    metrics = worker.metrics
+    catalogued = len(worker.clicks.catalog)
+    refused = metrics.total(metrics.dead_letters)
+    await produce_events(
+        broker.bootstrap,
+        settings.topic("listings"),
+        listings,
+        key_field="item_id",
+        producer=producer,
+    )
+    await wait_until(
+        lambda: (
+            len(worker.clicks.catalog) - catalogued + metrics.total(metrics.dead_letters) - refused
+            >= len(listings)
+        ),
+        timeout_s,
+        f"{len(listings)} products listed",
+    )
+    started = time.perf_counter()
+    await produce_events(
+        broker.bootstrap, settings.topic("clicks"), train, key_field="user_id", producer=producer
+    )
+    await wait_until(
+        lambda: metrics.total(metrics.user_updates) >= len(train),
+        timeout_s,
+        f"{len(train)} purchases folded into profiles",
+    )
+    clicks_s = time.perf_counter() - started
+    title = {f"{ITEM_PREFIX}{code}": text for code, text in data.items.items()}
+    targets_of = {u: {f"{ITEM_PREFIX}{i}" for i in t} for u, t in split.targets.items()}
+    history: dict[str, list[str]] = {}
+    for c in train:
+        history.setdefault(c["user_id"], []).append(c["item_id"])
+    counts = Counter(c["item_id"] for c in train)
+    popular = [item for item, _ in counts.most_common()]
+    web = f"http://127.0.0.1:{settings.web_port}"
+    async with aiohttp.ClientSession() as http:
+
+        async def ask(user: str) -> dict[str, Any]:
+            url = f"{web}/recommendations/{PLATFORM}/{user}?k={k}"
+            async with http.get(url) as resp:
+                body: dict[str, Any] = await resp.json()
+                if resp.status != 200:
+                    raise RuntimeError(f"GET {url}: {resp.status} {body}")
+                return body
+
+        hits: dict[str, list[float]] = {"metaguide": [], "popularity": []}
+        cold: dict[str, list[float]] = {"metaguide": [], "popularity": []}
+        shown: list[dict[str, Any]] = []
+        for user, targets in sorted(targets_of.items()):
+            if user not in history:
+                continue
+            answer = [i["item_id"] for i in (await ask(user))["items"]]
+            bought = set(history[user])
+            baseline = [i for i in popular if i not in bought][:k]
+            for name, ranked in (("metaguide", answer), ("popularity", baseline)):
+                hit, _ = ranking_metrics(ranked, targets, k)
+                hits[name].append(hit)
+                if len(bought) <= 5:
+                    cold[name].append(hit)
+            if len(shown) < 2 and 3 <= len(bought) <= 8:
+                shown.append(
+                    {
+                        "user": user,
+                        "clicked": [title[i] for i in history[user][-3:]],
+                        "recommended": [title[i] for i in answer[:5]],
+                        "bought_later": sum(i in targets for i in answer),
+                    }
+                )
+        # a customer first seen after the cut-off: answers after 0, 1 and 3 of their purchases
+        newcomer = next(
+            u
+            for u, targets in sorted(split.targets.items())
+            if u not in history and len({p.item_id for p in data.purchases if p.user_id == u}) >= 3
+        )
+        theirs = [
+            {**c, "item_id": f"{ITEM_PREFIX}{c['item_id']}"}
+            for c in click_events(data)
+            if c["user_id"] == newcomer and c["item_id"] in catalog
+        ]
+        firsts = list({c["item_id"]: c for c in theirs}.values())[:3]
+        steps: list[dict[str, Any]] = []
+        sent = 0
+        for n in (0, 1, 3):
+            new = firsts[sent:n]
+            sent = n
+            if new:
+                await produce_events(
+                    broker.bootstrap,
+                    settings.topic("clicks"),
+                    [
+                        {**c, "event_id": f"newcomer-{c['event_id']}", "ts": time.time()}
+                        for c in new
+                    ],
+                    key_field="user_id",
+                    producer=producer,
+                )
+            body = await ask(newcomer)
+            deadline = time.monotonic() + timeout_s
+            while int(body.get("clicks", 0)) < n and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+                body = await ask(newcomer)
+            steps.append(
+                {
+                    "clicks": n,
+                    "sent": [title[c["item_id"]] for c in new],
+                    "recommended": [title[i["item_id"]] for i in body["items"][:3]],
+                }
+            )
+    return {
+        "platform": PLATFORM,
+        "cutoff": RETAIL_CUTOFF,
+        "products": len(listings),
+        "purchases_as_clicks": len(train),
+        "clicks_per_s": len(train) / max(clicks_s, 1e-9),
+        "test_customers": len(hits["metaguide"]),
+        f"hr@{k}": {name: float(np.mean(v)) for name, v in hits.items()},
+        f"hr@{k}_at_most_5_purchases": {
+            "customers": len(cold["metaguide"]),
+            **{name: float(np.mean(v)) if v else 0.0 for name, v in cold.items()},
+        },
+        "customers": shown,
+        "cold_start": {"user": newcomer, "steps": steps},
+    }
+
+
+# --------------------------------------------------------------------------- adaptation
+
+
+async def _adaptation(
+    worker: Any,
+    broker: EmbeddedBroker,
+    producer: AIOKafkaProducer,
+    consumer: AIOKafkaConsumer,
+    test: list[Listing],
+    truth: dict[str, str],
+    feedback: dict[str, Any],
+    timeout_s: float,
+) -> dict[str, Any]:
+    """A training round on what the worker learned; the gate per platform; and, when a
+    snapshot is published, the unreviewed listings' accuracy after the swap."""
+    from metaguide.meta.trainer import train_once
+
+    settings = worker.settings
+    started = time.perf_counter()
+    # the demo's categories have 5 to 10 examples: judge those with at least 5
+    result = await train_once(settings, encoder_id=worker.encoder.model_id, min_items=5)
+    out: dict[str, Any] = {
+        "published": result.published,
+        "reason": result.reason,
+        "train_s": time.perf_counter() - started,
+        "platforms": {
+            p: {k: v for k, v in g.items() if k in ("decision", "reason", "identity", "candidates")}
+            for p, g in result.evaluation.get("platforms", {}).items()
+        },
+    }
+    if not result.published or result.announcement is None:
+        return out
+    version = str(result.announcement["version"])
+    out["version"] = version
+    await wait_until(lambda: worker.model_version == version, timeout_s, f"the swap to {version}")
+    before: dict[str, dict[str, Any]] = feedback["after"]
+    listings = [x for x in test if x.item_id in before]
+    deadline = time.monotonic() + timeout_s
+    after = await _relist(broker, producer, consumer, settings, listings, f"v{version}-", deadline)
+    platform_of = {x.item_id: x.platform for x in test}
+    out["accuracy"] = {}
+    for platform in sorted({x.platform for x in listings}):
+        ids = [i for i in after if platform_of[i] == platform and i in before]
+        out["accuracy"][platform] = {
+            "listings": len(ids),
+            "before": _top1([before[i] for i in ids], truth),
+            "after": _top1([after[i] for i in ids], truth),
+            "served_by": out["platforms"].get(platform, {}).get("decision", "identity"),
+        }
+    return out
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    """The human-readable report the demo prints."""
+    c = s["classification"]
+    lines = [
+        "metaguide demo: the embedded broker, one worker, the carried samples",
+        "",
+        "1. Few-shot classification (new listings get a category from a few labelled ones)",
+        f"  labelled             {c['shots']} titles per category, {c['labelled_events']} in all",
+    ]
+    for platform, p in c["platforms"].items():
+        lines.append(
+            f"  {platform:<20} {p['categories']} categories, {p['test_listings']} unlabelled"
+            f" listings: top-1 {p['accuracy_top1']:.3f}"
+        )
+    lines += [
+        f"  all                  top-1 {c['accuracy_top1']:.3f}, top-3 {c['accuracy_top3']:.3f}"
+        f" ({c['classifications']} classified, {c['missing']} missing)",
+        f"  throughput           {c['throughput_items_per_s']:.0f} listings/s",
+        f"  latency              p50 {c['latency_p50_s'] * 1000:.0f} ms,"
+        f" p99 {c['latency_p99_s'] * 1000:.0f} ms (event time to classification)",
+        "",
+        "2. Feedback (reviewers answer what the worker asks about)",
+        *_feedback_lines(s["feedback"]),
+    ]
+    if "recommendations" in s:
+        lines += ["", *_recommendation_lines(s["recommendations"])]
+    if "adaptation" in s:
+        lines += ["", *_adaptation_lines(s["adaptation"])]
+    lines += ["", f"wall time {s['total_s']:.1f} s"]
+    return "\n".join(lines)
+
+
+def _recommendation_lines(r: dict[str, Any]) -> list[str]:
+    hr, cold = r["hr@10"], r["hr@10_at_most_5_purchases"]
+    lines = [
+        "3. Recommendations (Online Retail: purchases as clicks, HTTP answers)",
+        f"  replayed             {r['products']} products, {r['purchases_as_clicks']} purchases"
+        f" before {r['cutoff']} ({r['clicks_per_s']:.0f} clicks/s)",
+        f"  HR@10                {hr['metaguide']:.3f} against popularity {hr['popularity']:.3f}"
+        f" ({r['test_customers']} customers who bought after {r['cutoff']})",
+        f"  with 1-5 purchases   {cold['metaguide']:.3f} against popularity"
+        f" {cold['popularity']:.3f} ({cold['customers']} customers)",
+    ]
+    for c in r["customers"]:
+        lines += [
+            f"  customer {c['user']}: bought {'; '.join(c['clicked'])}",
+            f"    recommended {'; '.join(c['recommended'])}"
+            f" ({c['bought_later']} of the 10 bought later)",
+        ]
+    lines.append(f"  a new customer ({r['cold_start']['user']}):")
+    for step in r["cold_start"]["steps"]:
+        sent = f" after buying {'; '.join(step['sent'])}" if step["sent"] else ""
+        lines.append(f"    {step['clicks']} clicks{sent}: {'; '.join(step['recommended'])}")
+    return lines
+
+
+def _adaptation_lines(a: dict[str, Any]) -> list[str]:
+    lines = [
+        "4. Adaptation (a training round on the labels the worker saw, judged per platform)",
+        f"  training round       {a['train_s']:.1f} s: {a['reason']}",
+    ]
+    for platform, g in a["platforms"].items():
+        scores = ", ".join(
+            f"{name} {c['accuracy']:.3f}" for name, c in g.get("candidates", {}).items()
+        )
+        identity = f"raw prototypes {g['identity']:.3f}, " if "identity" in g else ""
+        lines.append(
+            f"  {platform:<20} {g['decision']} ({g['reason']}) {identity}{scores}".rstrip()
+        )
+    for platform, acc in a.get("accuracy", {}).items():
+        lines.append(
+            f"  after the swap       {platform}: top-1 {acc['before']:.3f} -> {acc['after']:.3f}"
+            f" on {acc['listings']} listings (served by {acc['served_by']},"
+            f" snapshot {a['version']})"
+        )
+    return lines
 
 
 def _feedback_lines(f: dict[str, Any]) -> list[str]:
