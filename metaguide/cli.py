@@ -17,6 +17,7 @@ from typing import Any
 
 from metaguide.config import Settings
 from metaguide.errors import MetaguideError
+from metaguide.progress import iterate
 
 __all__ = ["main"]
 
@@ -113,7 +114,7 @@ def _replay_events(args: argparse.Namespace, settings: Settings) -> int:
         produce_events(
             bootstrap,
             settings.topic(args.topic),
-            events,
+            iterate(events, f"sending {args.topic}", "events"),
             key_field=TOPIC_KEYS[args.topic],
             **kafka_client_options(settings),
         )
@@ -151,7 +152,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         produce_events(
             bootstrap,
             settings.topic("listings"),
-            events,
+            iterate(events, "sending listings", "events"),
             key_field="item_id",
             **kafka_client_options(settings),
         )
@@ -174,13 +175,19 @@ def _replay_retail(args: argparse.Namespace, settings: Settings) -> int:
         produce_events(
             bootstrap,
             settings.topic("listings"),
-            listing_events(data),
+            iterate(listing_events(data), "sending listings", "events"),
             key_field="item_id",
             **options,
         )
     )
     sent = asyncio.run(
-        produce_events(bootstrap, settings.topic("clicks"), clicks, key_field="user_id", **options)
+        produce_events(
+            bootstrap,
+            settings.topic("clicks"),
+            iterate(clicks, "sending clicks", "events"),
+            key_field="user_id",
+            **options,
+        )
     )
     skipped = ", ".join(f"{k} {v}" for k, v in sorted(data.skipped.items()) if v)
     print(f"sent {listings} listings and {sent} purchase clicks; rows left out: {skipped}")
@@ -389,6 +396,9 @@ def _stderr(line: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metaguide", description=__doc__)
     parser.add_argument(
+        "--quiet", action="store_true", help="no progress bars (they show on a terminal only)"
+    )
+    parser.add_argument(
         "--log-level",
         choices=["debug", "info", "warning", "error", "critical"],
         help="overrides METAGUIDE_LOG_LEVEL (default: warning)",
@@ -406,7 +416,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-test", type=int, default=None, help="cap on unlabelled listings")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.add_argument("--quick", action="store_true", help="classification and feedback only")
-    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser(
@@ -495,6 +504,10 @@ def explain(exc: BaseException) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.quiet:
+        from metaguide import progress
+
+        progress.quiet()
     try:
         if args.log_level:
             os.environ["METAGUIDE_LOG_LEVEL"] = args.log_level  # the worker reads its settings

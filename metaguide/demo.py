@@ -511,6 +511,11 @@ async def _adaptation(
         "published": result.published,
         "reason": result.reason,
         "train_s": time.perf_counter() - started,
+        "meta_val": {
+            "start": result.evaluation.get("meta_val_accuracy_start"),
+            "best": result.evaluation.get("meta_val_accuracy"),
+            "adapter_learned": result.evaluation.get("learned", {}).get("adapter"),
+        },
         "platforms": {
             p: {k: v for k, v in g.items() if k in ("decision", "reason", "identity", "candidates")}
             for p, g in result.evaluation.get("platforms", {}).items()
@@ -599,6 +604,13 @@ def _adaptation_lines(a: dict[str, Any]) -> list[str]:
         "4. Adaptation (a training round on the labels the worker saw, judged per platform)",
         f"  training round       {a['train_s']:.1f} s: {a['reason']}",
     ]
+    m = a.get("meta_val", {})
+    if m.get("start") is not None:
+        kept = "a learned adapter" if m["adapter_learned"] else "the adapter stayed the identity"
+        lines.append(
+            f"  meta-validation      {m['start']:.3f} -> {m['best']:.3f} (heads fine-tuned from"
+            f" the prototypes; {kept})"
+        )
     for platform, g in a["platforms"].items():
         scores = ", ".join(
             f"{name} {c['accuracy']:.3f}" for name, c in g.get("candidates", {}).items()

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from metaguide.progress import bar, enabled
+
 __all__ = ["cache_key", "embed_cached"]
 
 log = logging.getLogger("metaguide.embeddings")
@@ -46,10 +48,12 @@ def embed_cached(
                 return cached
     started = time.monotonic()
     parts = []
-    for i in range(0, len(texts), batch_size):
-        parts.append(embed_many(list(texts[i : i + batch_size])))
-        if progress and (i // batch_size) % 40 == 0:
-            progress(f"embedded {i + len(parts[-1])}/{len(texts)} titles")
+    with bar(len(texts), "embedding", "titles") as shown:
+        for i in range(0, len(texts), batch_size):
+            parts.append(embed_many(list(texts[i : i + batch_size])))
+            shown.update(len(parts[-1]))
+            if progress and not enabled() and (i // batch_size) % 40 == 0:
+                progress(f"embedded {i + len(parts[-1])}/{len(texts)} titles")
     out = np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, 0), np.float32)
     if progress:
         progress(f"embedded {len(texts)} titles in {time.monotonic() - started:.0f}s")

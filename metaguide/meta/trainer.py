@@ -280,8 +280,11 @@ def platform_gate(
                 "reason": f"too few labels to judge ({len(set(names))} validation categories)",
             }
             continue
+        candidates = {"heads": model.without_adapter()}
+        if not model.adapter.is_identity():  # meta-training kept a learned adapter
+            candidates["adapted"] = model
         verdict = judge(
-            {"adapted": model, "heads": model.without_adapter()},
+            candidates,
             data.x[rows],
             np.array(names),
             seed=seed,
@@ -378,7 +381,7 @@ async def train_once(
     report, gate = await asyncio.to_thread(learn)
     evaluation = {
         "method": "proto-maml",
-        "learned": report.model.to_json(),
+        "learned": {**report.model.to_json(), "adapter": not report.model.adapter.is_identity()},
         "meta_val_accuracy_start": round(report.val_accuracy_start, 4),
         "meta_val_accuracy": round(report.val_accuracy, 4),
         "episodes_run": report.episodes_run,
