@@ -42,6 +42,8 @@ from metaguide.eval.myntra import (
     load_flipkart,
     load_myntra,
 )
+from metaguide.eval.retail import SAMPLE_FILE as RETAIL_SAMPLE_FILE
+from metaguide.eval.retail import SAMPLE_PREFIX as ITEM_PREFIX
 from metaguide.kafka.broker import EmbeddedBroker, free_port
 from metaguide.kafka.client import read_to_end
 from metaguide.kafka.replay import produce_events
@@ -51,9 +53,8 @@ __all__ = ["FLIPKART_SAMPLE", "RETAIL_SAMPLE", "run_demo", "format_summary"]
 
 SAMPLES = SAMPLE_FILE.parent
 FLIPKART_SAMPLE = SAMPLES / "flipkart_sample.csv.gz"
-RETAIL_SAMPLE = SAMPLES / "online_retail_sample.csv.gz"
+RETAIL_SAMPLE = RETAIL_SAMPLE_FILE
 RETAIL_CUTOFF = "2011-11-15"  # recommendations: clicks before it, held-out purchases after
-ITEM_PREFIX = "or-"  # Online Retail's stock codes as item ids
 
 # the demo's listings arrive in seconds: a budget that asks about a few percent of them
 DEMO_REVIEW_BUDGET_PER_HOUR = 90_000.0
@@ -338,28 +339,19 @@ async def _recommendations(
     import aiohttp
 
     from metaguide.eval.recommend import ranking_metrics, temporal_split
-    from metaguide.eval.retail import PLATFORM, _parse_ts, click_events, load_online_retail
+    from metaguide.eval.retail import (
+        PLATFORM,
+        _parse_ts,
+        click_events,
+        listing_events,
+        load_online_retail,
+    )
 
     data = load_online_retail(RETAIL_SAMPLE)
     split = temporal_split(data, _parse_ts(f"{RETAIL_CUTOFF} 00:00"))
     catalog = set(split.catalog_items)
-    # item ids are unique across platforms in the items table: stock codes get a prefix
-    # (Myntra's numeric ids and Online Retail's five-digit codes overlap)
-    listings = [
-        {
-            "event_id": f"{PLATFORM}-listing-{code}",
-            "platform": PLATFORM,
-            "item_id": f"{ITEM_PREFIX}{code}",
-            "title": data.items[code],
-            "ts": data.first_sold[code],
-        }
-        for code in split.catalog_items
-    ]
-    train = [
-        {**c, "item_id": f"{ITEM_PREFIX}{c['item_id']}"}
-        for c in click_events(data)
-        if c["ts"] < split.cutoff
-    ]
+    listings = listing_events(data, prefix=ITEM_PREFIX, before=split.cutoff)
+    train = click_events(data, prefix=ITEM_PREFIX, before=split.cutoff)
     metrics = worker.metrics
     catalogued = len(worker.clicks.catalog)
     refused = metrics.total(metrics.dead_letters)
@@ -436,9 +428,9 @@ async def _recommendations(
             if u not in history and len({p.item_id for p in data.purchases if p.user_id == u}) >= 3
         )
         theirs = [
-            {**c, "item_id": f"{ITEM_PREFIX}{c['item_id']}"}
-            for c in click_events(data)
-            if c["user_id"] == newcomer and c["item_id"] in catalog
+            c
+            for c in click_events(data, prefix=ITEM_PREFIX)
+            if c["user_id"] == newcomer and c["item_id"].removeprefix(ITEM_PREFIX) in catalog
         ]
         firsts = list({c["item_id"]: c for c in theirs}.values())[:3]
         steps: list[dict[str, Any]] = []

@@ -2,11 +2,12 @@
 
 For a person trying metaguide on their own machine: it starts the broker on a fixed port,
 loads the state a previous run saved in the state folder (or, the first time, replays the
-carried Myntra sample: a few labelled listings per article type, then unlabelled ones),
-starts one worker with its HTTP API and metrics, prints what to try next, and runs until
-Ctrl-C or SIGTERM. Then it stops the worker, saves the broker's contents and the worker's
-committed offsets into the state folder (:mod:`metaguide.kafka.dump`), and exits 0: the next
-start comes back with what the worker learned (prototypes, items, user profiles, snapshots).
+carried samples: Myntra and Flipkart listings, a few labelled per category, and Online
+Retail's products and purchases as clicks), starts one worker with its HTTP API and metrics,
+prints what to try next, and runs until Ctrl-C or SIGTERM. Then it stops the worker, saves
+the broker's contents and the worker's committed offsets into the state folder
+(:mod:`metaguide.kafka.dump`), and exits 0: the next start comes back with what the worker
+learned (prototypes, items, user profiles, snapshots).
 """
 
 from __future__ import annotations
@@ -21,7 +22,20 @@ from typing import Any
 
 from metaguide.config import Settings
 from metaguide.errors import BrokerError
-from metaguide.eval.myntra import SAMPLE_FILE, few_shot_split, listing_event, load_myntra
+from metaguide.eval.myntra import (
+    SAMPLE_FILE,
+    few_shot_split,
+    listing_event,
+    load_flipkart,
+    load_myntra,
+)
+from metaguide.eval.retail import SAMPLE_FILE as RETAIL_SAMPLE
+from metaguide.eval.retail import (
+    SAMPLE_PREFIX,
+    click_events,
+    listing_events,
+    load_online_retail,
+)
 from metaguide.kafka.broker import EmbeddedBroker
 from metaguide.kafka.dump import load_broker, save_broker, saved
 from metaguide.kafka.replay import produce_events
@@ -30,7 +44,31 @@ from metaguide.waiting import wait_until
 __all__ = ["next_steps", "port_free", "serve_embedded"]
 
 SAMPLE_SHOTS = 5
-SAMPLE_UNLABELLED = 200
+SAMPLE_UNLABELLED = 200  # per platform
+FLIPKART_SAMPLE = SAMPLE_FILE.parent / "flipkart_sample.csv.gz"
+
+
+async def _send_samples(bootstrap: str, settings: Settings, say: Callable[[str], None]) -> int:
+    """The carried samples: Myntra and Flipkart listings (a few labelled per category, then
+    unlabelled ones), Online Retail's products and its customers' purchases as clicks."""
+    listings = []
+    for listing_set in (load_myntra(SAMPLE_FILE), load_flipkart(FLIPKART_SAMPLE)):
+        split = few_shot_split(listing_set, SAMPLE_SHOTS, seed=0)
+        listings += [listing_event(x, labelled=True) for x in split.labelled]
+        listings += [listing_event(x, labelled=False) for x in split.test[:SAMPLE_UNLABELLED]]
+    retail = load_online_retail(RETAIL_SAMPLE)
+    listings += listing_events(retail, prefix=SAMPLE_PREFIX)
+    clicks = click_events(retail, prefix=SAMPLE_PREFIX)
+    sent = await produce_events(
+        bootstrap, settings.topic("listings"), listings, key_field="item_id"
+    )
+    sent += await produce_events(bootstrap, settings.topic("clicks"), clicks, key_field="user_id")
+    say(
+        f"sent the carried samples: {len(listings)} listings (Myntra and Flipkart, {SAMPLE_SHOTS}"
+        f" labelled per category; Online Retail's products) and {len(clicks)} purchases as"
+        " clicks"
+    )
+    return sent
 
 
 def port_free(host: str, port: int) -> bool:
@@ -52,7 +90,8 @@ def next_steps(settings: Settings, bootstrap: str, state_dir: Path) -> str:
             f"  state      {state_dir} (saved on Ctrl-C or SIGTERM, loaded on the next start)",
             f"  health     curl {web}/healthz ; curl {web}/readyz",
             f"  metrics    curl http://127.0.0.1:{settings.metrics_port}/metrics",
-            f"  recommend  curl '{web}/recommendations/myntra/USER?k=5'",
+            f"  recommend  curl '{web}/recommendations/online-retail/12504?k=5'"
+            " (a customer of the Online Retail sample; any platform/user works)",
             "  send your own events (JSON lines, one event per line; see schemas/):",
             f"    {env} metaguide replay events --topic listings --file listings.jsonl",
             f"    {env} metaguide replay events --topic clicks --file clicks.jsonl",
@@ -114,17 +153,7 @@ async def serve_embedded(
                 lambda: all(readiness(worker.ctx).values()), 120, "the worker to be ready"
             )
             if samples and restored is None:
-                split = few_shot_split(load_myntra(SAMPLE_FILE), SAMPLE_SHOTS, seed=0)
-                events = [listing_event(x, labelled=True) for x in split.labelled]
-                events += [listing_event(x, labelled=False) for x in split.test[:SAMPLE_UNLABELLED]]
-                replayed = await produce_events(
-                    broker.bootstrap, settings.topic("listings"), events, key_field="item_id"
-                )
-                say(
-                    f"sent the carried Myntra sample: {len(split.labelled)} labelled listings"
-                    f" ({SAMPLE_SHOTS} per article type) and {replayed - len(split.labelled)}"
-                    " unlabelled ones"
-                )
+                replayed = await _send_samples(broker.bootstrap, settings, say)
             say(next_steps(settings, broker.bootstrap, folder))
             await stop.wait()
             say("stopping: saving the state")

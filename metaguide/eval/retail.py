@@ -27,6 +27,8 @@ from metaguide.eval.myntra import read_csv_gz
 
 __all__ = [
     "RETAIL_FILE",
+    "SAMPLE_FILE",
+    "SAMPLE_PREFIX",
     "Purchase",
     "RetailData",
     "load_online_retail",
@@ -35,6 +37,8 @@ __all__ = [
 ]
 
 RETAIL_FILE = "online_retail.csv.gz"
+SAMPLE_FILE = Path(__file__).resolve().parents[1] / "samples" / "online_retail_sample.csv.gz"
+SAMPLE_PREFIX = "or-"  # the sample's item ids: stock codes overlap Myntra's numeric ids
 PLATFORM = "online-retail"
 _PRODUCT_CODE = re.compile(r"\d{5}[A-Za-z]{0,2}")
 
@@ -110,14 +114,21 @@ def load_online_retail(path: str | Path) -> RetailData:
     return RetailData(items, {c: first_sold[c] for c in items}, kept, skipped)
 
 
-def listing_events(data: RetailData, platform: str = PLATFORM) -> list[dict[str, Any]]:
-    """One unlabelled ``listing.v1`` per product, in order of first sale."""
-    codes = sorted(data.items, key=lambda c: (data.first_sold[c], c))
+def listing_events(
+    data: RetailData, platform: str = PLATFORM, *, prefix: str = "", before: float | None = None
+) -> list[dict[str, Any]]:
+    """One unlabelled ``listing.v1`` per product (first sold before ``before``), in order of
+    first sale; item ids are ``prefix`` + stock code (ids must not collide with another
+    platform's: the items table is keyed by item id)."""
+    codes = sorted(
+        (c for c in data.items if before is None or data.first_sold[c] < before),
+        key=lambda c: (data.first_sold[c], c),
+    )
     return [
         {
             "event_id": f"{platform}-listing-{code}",
             "platform": platform,
-            "item_id": code,
+            "item_id": f"{prefix}{code}",
             "title": data.items[code],
             "ts": data.first_sold[code],
         }
@@ -125,16 +136,19 @@ def listing_events(data: RetailData, platform: str = PLATFORM) -> list[dict[str,
     ]
 
 
-def click_events(data: RetailData, platform: str = PLATFORM) -> list[dict[str, Any]]:
-    """One ``click.v1`` purchase per invoice line, in invoice-date order."""
+def click_events(
+    data: RetailData, platform: str = PLATFORM, *, prefix: str = "", before: float | None = None
+) -> list[dict[str, Any]]:
+    """One ``click.v1`` purchase per invoice line (before ``before``), in invoice-date order."""
     return [
         {
             "event_id": f"{platform}-{p.invoice}-{p.line}",
             "platform": platform,
             "user_id": p.user_id,
-            "item_id": p.item_id,
+            "item_id": f"{prefix}{p.item_id}",
             "action": "purchase",
             "ts": p.ts,
         }
         for p in data.purchases
+        if before is None or p.ts < before
     ]

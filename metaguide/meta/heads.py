@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from metaguide.meta.maml import Adapter, Episode, EpisodeSampler
+from metaguide.meta.maml import Adapter, EarlyStopping, Episode, EpisodeSampler
 
 __all__ = [
     "HeadConfig",
@@ -315,13 +315,18 @@ def meta_train_heads(
     def val_acc(model: HeadModel) -> float:
         return float(head_accuracy(model, xt, val).mean()) if val else 0.0
 
-    best = current()
-    start_acc = best_acc = val_acc(best)
-    best_at, seen, stale, running, steps = 0, 0, 0, 0.0, 0
-    curve: list[dict[str, float | None]] = [{"episodes": 0, "loss": None, "val_accuracy": best_acc}]
+    initial = current()
+    stop = EarlyStopping(
+        initial,
+        val_acc(initial),
+        every=cfg.val_every,
+        limit=cfg.episodes,
+        patience=cfg.patience,
+        batch=cfg.meta_batch,
+    )
     if progress:
-        progress(f"proto-MAML meta-val accuracy at the start: {start_acc:.4f}")
-    while seen < cfg.episodes and stale < cfg.patience:
+        progress(f"proto-MAML meta-val accuracy at the start: {stop.best_accuracy:.4f}")
+    while stop.going:
         opt.zero_grad()
         batch_loss = 0.0
         for _ in range(cfg.meta_batch):
@@ -341,24 +346,24 @@ def meta_train_heads(
             (loss / cfg.meta_batch).backward()
             batch_loss += float(loss.detach()) / cfg.meta_batch
         opt.step()
-        steps += 1
-        running = batch_loss if steps == 1 else 0.9 * running + 0.1 * batch_loss
-        before = seen
-        seen += cfg.meta_batch
-        if seen // cfg.val_every > before // cfg.val_every or seen >= cfg.episodes:
+        if stop.stepped(batch_loss):
             model = current()
             acc = val_acc(model)
-            curve.append({"episodes": seen, "loss": running, "val_accuracy": acc})
-            if acc > best_acc:
-                best, best_acc, best_at, stale = model, acc, seen, 0
-            else:
-                stale += 1
+            stop.checked(model, acc)
             if progress:
                 progress(
-                    f"episodes {seen:>6}  loss {running:.4f}  meta-val accuracy {acc:.4f}"
-                    f"  step {model.step_size:.3f}  temperature {model.temperature:.3f}"
+                    f"episodes {stop.seen:>6}  loss {stop.running:.4f}  meta-val accuracy"
+                    f" {acc:.4f}  step {model.step_size:.3f}  temperature {model.temperature:.3f}"
                 )
-    return HeadReport(best, cfg, seen, best_at, start_acc, best_acc, curve)
+    return HeadReport(
+        stop.best,
+        cfg,
+        stop.seen,
+        stop.best_at,
+        stop.curve[0]["val_accuracy"] or 0.0,
+        stop.best_accuracy,
+        stop.curve,
+    )
 
 
 # --------------------------------------------------------------------------- the gate

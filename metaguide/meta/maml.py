@@ -18,7 +18,7 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "Adapter",
+    "EarlyStopping",
     "Episode",
     "EpisodeSampler",
     "MetaConfig",
@@ -41,6 +42,7 @@ __all__ = [
 ]
 
 Params = dict[str, torch.Tensor]
+T = TypeVar("T")
 
 
 @contextmanager
@@ -351,6 +353,46 @@ def logistic_accuracy(
     return np.array(out)
 
 
+class EarlyStopping(Generic[T]):
+    """The outer loop's bookkeeping: a running loss, a validation check every ``every``
+    episodes, the best candidate kept, and a stop after ``patience`` checks without a gain
+    or at ``limit`` episodes."""
+
+    def __init__(
+        self, start: T, start_accuracy: float, *, every: int, limit: int, patience: int, batch: int
+    ) -> None:
+        self.best, self.best_accuracy, self.best_at = start, start_accuracy, 0
+        self.every, self.limit, self.patience, self.batch = every, limit, patience, batch
+        self.seen, self.stale, self.steps, self.running = 0, 0, 0, 0.0
+        self.curve: list[dict[str, float | None]] = [
+            {"episodes": 0, "loss": None, "val_accuracy": start_accuracy}
+        ]
+
+    @property
+    def going(self) -> bool:
+        return self.seen < self.limit and self.stale < self.patience
+
+    def stepped(self, loss: float) -> bool:
+        """One outer step of ``batch`` episodes done; True when a validation check is due."""
+        self.steps += 1
+        self.running = loss if self.steps == 1 else 0.9 * self.running + 0.1 * loss
+        before, self.seen = self.seen, self.seen + self.batch
+        return self.seen // self.every > before // self.every or self.seen >= self.limit
+
+    def checked(self, candidate: T, accuracy: float) -> None:
+        """A validation check's result: kept if it is the best so far."""
+        self.curve.append({"episodes": self.seen, "loss": self.running, "val_accuracy": accuracy})
+        if accuracy > self.best_accuracy:
+            self.best, self.best_accuracy, self.best_at, self.stale = (
+                candidate,
+                accuracy,
+                self.seen,
+                0,
+            )
+        else:
+            self.stale += 1
+
+
 @dataclass
 class TrainReport:
     """What meta-training did: the curve, the best validation point, the chosen adapter."""
@@ -420,13 +462,17 @@ def meta_train(
         )
 
     identity_acc = val_acc(None)
-    best_adapter, best_acc, best_at = start, val_acc(start), 0
-    curve: list[dict[str, float | None]] = [{"episodes": 0, "loss": None, "val_accuracy": best_acc}]
+    stop = EarlyStopping(
+        start,
+        val_acc(start),
+        every=cfg.val_every,
+        limit=cfg.episodes,
+        patience=cfg.patience,
+        batch=cfg.meta_batch,
+    )
     if progress:
-        progress(f"meta-val accuracy: raw {identity_acc:.4f}, start {best_acc:.4f}")
-    seen, stale, running = 0, 0, 0.0
-    steps = 0
-    while seen < cfg.episodes and stale < cfg.patience:
+        progress(f"meta-val accuracy: raw {identity_acc:.4f}, start {stop.best_accuracy:.4f}")
+    while stop.going:
         opt.zero_grad()
         batch_loss = 0.0
         for _ in range(cfg.meta_batch):
@@ -445,22 +491,23 @@ def meta_train(
             (loss / cfg.meta_batch).backward()
             batch_loss += float(loss.detach()) / cfg.meta_batch
         opt.step()
-        steps += 1
-        running = batch_loss if steps == 1 else 0.9 * running + 0.1 * batch_loss
-        before = seen
-        seen += cfg.meta_batch
-        if seen // cfg.val_every > before // cfg.val_every or seen >= cfg.episodes:
+        if stop.stepped(batch_loss):
             current = Adapter.from_tensors(params)
             acc = val_acc(current)
-            curve.append({"episodes": seen, "loss": running, "val_accuracy": acc})
-            if acc > best_acc:
-                best_adapter, best_acc, best_at, stale = current, acc, seen, 0
-            else:
-                stale += 1
+            stop.checked(current, acc)
             if progress:
                 progress(
-                    f"episodes {seen:>6}  loss {running:.4f}  meta-val accuracy {acc:.4f}"
-                    f"  (best {best_acc:.4f} at {best_at})"
+                    f"episodes {stop.seen:>6}  loss {stop.running:.4f}  meta-val accuracy"
+                    f" {acc:.4f}  (best {stop.best_accuracy:.4f} at {stop.best_at})"
                 )
     last = Adapter.from_tensors(params)
-    return TrainReport(best_adapter, cfg, seen, best_at, identity_acc, best_acc, curve, last)
+    return TrainReport(
+        stop.best,
+        cfg,
+        stop.seen,
+        stop.best_at,
+        identity_acc,
+        stop.best_accuracy,
+        stop.curve,
+        last,
+    )
