@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import gc
 import logging
@@ -11,7 +10,7 @@ import faust
 from threadpoolctl import ThreadpoolController
 
 from metaguide.config import Settings
-from metaguide.kafka.client import check_broker, kafka_client_options
+from metaguide.kafka.client import check_broker
 from workers.app import create_worker
 
 __all__ = ["run_worker", "tune_process"]
@@ -41,9 +40,7 @@ def tune_process() -> None:
 def run_worker(settings: Settings) -> None:
     """Build the worker, serve metrics on their own port, and run until SIGTERM/SIGINT."""
     # a wrong address fails here in seconds, with a message, not in Faust's retry loop
-    asyncio.run(
-        check_broker(settings.broker_url.removeprefix("kafka://"), **kafka_client_options(settings))
-    )
+    check_broker(settings.broker_url.removeprefix("kafka://"))
     worker = create_worker(settings)
     tune_process()
     server = worker.metrics.serve(settings.metrics_port, settings.metrics_host)
