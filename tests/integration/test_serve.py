@@ -148,10 +148,16 @@ async def test_serve_keeps_running_answers_over_http_and_comes_back_after_sigter
         try:
             async with aiohttp.ClientSession() as http:
                 await again.ready(http)
-                status, body = await recommendations(http, again.web, "ana")
-                assert status == 200, body
-                assert body["clicks"] == 3  # her profile came back, without a replay
-                assert [i["item_id"] for i in body["items"]] == first
+                back: dict[str, Any] = {}
+
+                async def restored() -> bool:
+                    status, body = await recommendations(http, again.web, "ana")
+                    back.update(body)
+                    return status == 200 and body.get("clicks") == 3
+
+                # her profile comes back from the saved state: nothing is sent again
+                await wait_until_async(restored, 60, "ana's profile after the restart")
+                assert [i["item_id"] for i in back["items"]] == first
         finally:
             assert again.terminate() == 0, log.read_text()[-3000:]
         assert "Traceback" not in log.read_text()
