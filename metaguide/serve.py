@@ -162,10 +162,11 @@ async def serve_embedded(
             metrics_server.shutdown()  # type: ignore[attr-defined]
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+        saving = time.monotonic()
         manifest = await save_broker(
             broker.bootstrap, dump, [settings.app_id, f"{settings.app_id}-click-router"]
         )
-    say(f"saved {manifest['records']} records to {dump}")
+        say(f"saved {manifest['records']} records to {dump} in {time.monotonic() - saving:.1f} s")
     return {
         "restored": restored is not None,
         "replayed": replayed,

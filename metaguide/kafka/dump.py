@@ -83,31 +83,32 @@ async def save_broker(
 ) -> dict[str, Any]:
     """Every topic's records and the ``groups``' committed offsets, written to ``folder``;
     returns the manifest."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
 
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     topics = await _partitions(bootstrap, **client_options)
     names = sorted(topics)
-    consumer = group_less_consumer(bootstrap, **client_options)
+    index = {topic: i for i, topic in enumerate(names)}
+    tps = [TopicPartition(t, p) for t in names for p in range(topics[t])]
+    # every partition at once: the embedded broker holds each fetch for its whole wait
+    consumer = group_less_consumer(bootstrap, fetch_max_wait_ms=50, **client_options)
     await consumer.start()
     count = 0
     tmp = out / f"{RECORDS}.tmp"
     try:
         with tmp.open("wb") as fh:
-            for index, topic in enumerate(names):
-                tps = [TopicPartition(topic, p) for p in range(topics[topic])]
-                if not tps:
-                    continue
+            if tps:
                 consumer.assign(tps)
                 await consumer.seek_to_beginning(*tps)
                 end = await consumer.end_offsets(tps)
                 pending = {tp for tp in tps if end[tp] > 0}
                 while pending:
                     batch = await consumer.getmany(*pending, timeout_ms=500)
-                    for records in batch.values():
+                    for tp, records in batch.items():
                         for record in records:
-                            fh.write(_pack(index, record))
+                            fh.write(_pack(index[tp.topic], record))
                             count += 1
                     for tp in list(pending):
                         if await consumer.position(tp) >= end[tp]:
@@ -115,19 +116,21 @@ async def save_broker(
     finally:
         await consumer.stop()
     offsets: dict[str, dict[str, dict[str, int]]] = {}
-    for group in groups:
-        member = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False, **client_options
-        )
-        await member.start()
-        try:
-            for topic, n in topics.items():
-                for p in range(n):
-                    committed = await member.committed(TopicPartition(topic, p))
-                    if committed is not None:
-                        offsets.setdefault(group, {}).setdefault(topic, {})[str(p)] = committed
-        finally:
-            await member.stop()
+    every = [TopicPartition(t, p) for t, n in topics.items() for p in range(n)]
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options)
+    await admin.start()
+    try:
+        for group in groups:
+            # one request per group, naming the partitions (the embedded broker cannot list
+            # a group's offsets without them)
+            answer = await admin.list_consumer_group_offsets(group, partitions=every)
+            for tp, meta in answer.items():
+                if meta.offset >= 0:
+                    offsets.setdefault(group, {}).setdefault(tp.topic, {})[str(tp.partition)] = (
+                        meta.offset
+                    )
+    finally:
+        await admin.close()
     manifest = {"format": FORMAT, "topics": topics, "groups": offsets, "records": count}
     tmp.replace(out / RECORDS)
     tmp_manifest = out / f"{MANIFEST}.tmp"
