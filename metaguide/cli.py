@@ -228,13 +228,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     raise AssertionError(args.what)
 
 
-def _myntra_titles(settings: Settings, data_dir: Path) -> Any:
+def _myntra_titles(settings: Settings, data_dir: Path, encoder: Any = None) -> Any:
     """Myntra's distinct titles and their embeddings (cached under the state folder)."""
     from metaguide.embedding.encoder import TransformerEncoder
     from metaguide.eval import fewshot
     from metaguide.eval.myntra import MYNTRA_FILE
 
-    encoder = TransformerEncoder(settings.model, device=settings.device)
+    encoder = encoder or TransformerEncoder(settings.model, device=settings.device)
     return fewshot.load_title_set(
         data_dir / MYNTRA_FILE,
         encoder.embed_many,
@@ -258,27 +258,25 @@ def _eval_feedback(args: argparse.Namespace, settings: Settings, data_dir: Path)
 
 
 def _eval_transfer(args: argparse.Namespace, settings: Settings, data_dir: Path) -> int:
-    from metaguide.embedding.cache import embed_cached
     from metaguide.embedding.encoder import TransformerEncoder
     from metaguide.eval import fewshot
     from metaguide.eval.myntra import FLIPKART_FILE, load_flipkart
     from metaguide.eval.transfer import eval_transfer, format_transfer_table
     from metaguide.meta.maml import torch_threads
 
-    myntra = _myntra_titles(settings, data_dir)
     encoder = TransformerEncoder(settings.model, device=settings.device)
-    listings = fewshot.unique_titles(load_flipkart(data_dir / FLIPKART_FILE))
-    x = embed_cached(
+    myntra = _myntra_titles(settings, data_dir, encoder)
+    flipkart = fewshot.title_set(
+        fewshot.unique_titles(load_flipkart(data_dir / FLIPKART_FILE)),
         encoder.embed_many,
         encoder.model_id,
-        [x.title for x in listings],
         Path(settings.state_dir) / "embeddings",
         progress=_stderr,
     )
     with torch_threads(1):  # episodes: small matrices
         report = eval_transfer(
             myntra,
-            fewshot.TitleSet(listings, x),
+            flipkart,
             episodes=args.transfer_episodes,
             seed=args.seed,
             log=_stderr,

@@ -38,6 +38,7 @@ __all__ = [
     "format_fewshot_table",
     "load_title_set",
     "load_titles",
+    "title_set",
     "unique_titles",
 ]
 
@@ -203,7 +204,18 @@ def load_title_set(
     progress: Callable[[str], None] | None = None,
 ) -> TitleSet:
     """Myntra's distinct titles and their base embeddings (cached on disk)."""
-    listings = load_titles(path)
+    return title_set(load_titles(path), embed_many, model_id, cache_dir, progress=progress)
+
+
+def title_set(
+    listings: list[Listing],
+    embed_many: Callable[[list[str]], np.ndarray],
+    model_id: str,
+    cache_dir: str | Path | None,
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> TitleSet:
+    """Distinct listings and their base embeddings (cached on disk)."""
     x = embed_cached(
         embed_many, model_id, [x.title for x in listings], cache_dir, progress=progress
     )
