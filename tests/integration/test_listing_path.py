@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Any
 
@@ -247,14 +248,60 @@ async def test_a_worker_started_on_a_backlog_classifies_all_of_it(
     assert consumed == len(backlog)  # each once: nothing of the backlog was seen before
     # every partition's offsets start at 0: committed offsets add up to the records in it
     await _committed_all(broker, settings, len(split.labelled) + len(backlog))
-    # the saturated encoder lengthened the consumers' fetch wait, and once the backlog was
-    # done it went back to the short one (workers/corrections/fetch_wait.py)
-    assert metrics.value(metrics.fetch_waits_lengthened) >= 1
-    await wait_until(
-        lambda: metrics.value(metrics.fetch_wait) == EMBEDDED_FETCH_MAX_WAIT_MS / 1000,
-        5,
-        "the idle wait",
-    )
+
+
+class _GatedModel:
+    """A stand-in model whose calls wait for the test to open its gate: a backlog then
+    queues in front of it for as long as the test needs."""
+
+    model_id = "stand-in"
+    dim = 4
+    streams = 2
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+
+    def embed_many(self, texts: list[str]) -> np.ndarray:
+        if not self.gate.wait(timeout=120):
+            raise TimeoutError("the test never opened the gate")
+        return np.tile(np.array([1.0, 0, 0, 0], dtype=np.float32), (len(texts), 1))
+
+
+async def test_the_fetch_wait_goes_long_while_the_encoder_is_saturated_then_back(
+    broker: Any, worker_settings: Any
+) -> None:
+    from workers.app import create_worker
+
+    settings = worker_settings()
+    model = _GatedModel()
+    worker = create_worker(settings, encoder=model)
+    await worker.start()
+    try:
+        now = time.time()
+        backlog = [
+            {"event_id": f"e{i}", "platform": "myntra", "item_id": f"i{i}", "ts": now}
+            | {"title": f"listing number {i}"}
+            for i in range(600)
+        ]
+        await _send(broker, settings, backlog)
+        metrics = worker.metrics
+        # the model holds its first batches: the rest of the backlog waits for it, and the
+        # consumers' fetch wait goes long (workers/corrections/fetch_wait.py)
+        await wait_until(
+            lambda: metrics.value(metrics.fetch_waits_lengthened) >= 1, 30, "a long fetch wait"
+        )
+        assert metrics.value(metrics.fetch_wait) > EMBEDDED_FETCH_MAX_WAIT_MS / 1000
+        model.gate.set()
+        await read_topic(broker.bootstrap, settings.topic("classifications"), len(backlog))
+        # the backlog is done: back to the short wait, so a lone listing is not held
+        await wait_until(
+            lambda: metrics.value(metrics.fetch_wait) == EMBEDDED_FETCH_MAX_WAIT_MS / 1000,
+            5,
+            "the idle wait",
+        )
+    finally:
+        model.gate.set()
+        await worker.stop()
 
 
 class _SlowFirstModel:
