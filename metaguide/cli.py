@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from metaguide.config import Settings
-from metaguide.errors import MetaguideError
+from metaguide.errors import ConfigError, MetaguideError
 from metaguide.progress import iterate
 
 __all__ = ["main"]
@@ -198,12 +198,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     data_dir = Path(args.data_dir or settings.data_dir)
     if args.what == "recommend":
-        from metaguide.embedding.encoder import TransformerEncoder
         from metaguide.eval.recommend import eval_recommend, format_recommend_table
         from metaguide.eval.retail import RETAIL_FILE, load_online_retail
 
         data = load_online_retail(data_dir / RETAIL_FILE)
-        encoder = TransformerEncoder(settings.model, device=settings.device)
+        encoder = settings.open_encoder()
 
         def embed(texts: list[str]) -> Any:
             import numpy as np
@@ -230,11 +229,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _myntra_titles(settings: Settings, data_dir: Path, encoder: Any = None) -> Any:
     """Myntra's distinct titles and their embeddings (cached under the state folder)."""
-    from metaguide.embedding.encoder import TransformerEncoder
     from metaguide.eval import fewshot
     from metaguide.eval.myntra import MYNTRA_FILE
 
-    encoder = encoder or TransformerEncoder(settings.model, device=settings.device)
+    encoder = encoder or settings.open_encoder()
     return fewshot.load_title_set(
         data_dir / MYNTRA_FILE,
         encoder.embed_many,
@@ -258,13 +256,12 @@ def _eval_feedback(args: argparse.Namespace, settings: Settings, data_dir: Path)
 
 
 def _eval_transfer(args: argparse.Namespace, settings: Settings, data_dir: Path) -> int:
-    from metaguide.embedding.encoder import TransformerEncoder
     from metaguide.eval import fewshot
     from metaguide.eval.myntra import FLIPKART_FILE, load_flipkart
     from metaguide.eval.transfer import eval_transfer, format_transfer_table
     from metaguide.meta.maml import torch_threads
 
-    encoder = TransformerEncoder(settings.model, device=settings.device)
+    encoder = settings.open_encoder()
     myntra = _myntra_titles(settings, data_dir, encoder)
     flipkart = fewshot.title_set(
         fewshot.unique_titles(load_flipkart(data_dir / FLIPKART_FILE)),
@@ -325,11 +322,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     encoder_id = settings.model
     data = None
     if args.dataset == "myntra":
-        from metaguide.embedding.encoder import TransformerEncoder
         from metaguide.eval import fewshot
         from metaguide.eval.myntra import MYNTRA_FILE
 
-        encoder = TransformerEncoder(settings.model, device=settings.device)
+        encoder = settings.open_encoder()
         encoder_id = encoder.model_id
         titles = fewshot.load_title_set(
             Path(args.data_dir or settings.data_dir) / MYNTRA_FILE,
@@ -384,6 +380,26 @@ def _cmd_snapshot(args: argparse.Namespace) -> int:
     serving = asyncio.run(latest_announcement(settings))
     print(f"serving: {serving['version'] if serving else 'base (no snapshot)'}")
     print("in the store:", ", ".join(map(str, snapshot_store(settings).versions(MODEL_NAME))))
+    return 0
+
+
+def _cmd_model(args: argparse.Namespace) -> int:
+    """Build (or rebuild) a bundled model's folder from the installed packages, offline, and
+    check it against the package's own runtime; print where it is."""
+    from metaguide.embedding.e5 import build_e5, e5_folder, verify_e5
+    from metaguide.embedding.encoder import TransformerEncoder
+    from metaguide.embedding.models import E5_MODEL, default_models_dir
+
+    settings = Settings.from_env()
+    if args.name != E5_MODEL:
+        raise ConfigError(f"only {E5_MODEL} is built; the other bundled models need nothing")
+    folder = e5_folder(Path(settings.models_dir or default_models_dir()))
+    if args.rebuild:
+        build_e5(folder)
+    encoder = TransformerEncoder(E5_MODEL, path=str(folder), device="cpu")
+    cosine = verify_e5(encoder)
+    print(f"{E5_MODEL}: {folder} (lowest cosine to the package's runtime {cosine:.5f})")
+    print(f"use it: METAGUIDE_MODEL={E5_MODEL}")
     return 0
 
 
@@ -469,6 +485,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-publish", action="store_true", help="train and gate only")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("model", help="build a bundled multilingual model's folder (offline)")
+    p.add_argument("action", choices=["prepare"])
+    p.add_argument("name", nargs="?", default="bundled:multilingual-e5-small")
+    p.add_argument("--rebuild", action="store_true", help="build it again even if it is there")
+    p.set_defaults(func=_cmd_model)
 
     p = sub.add_parser("snapshot", help="list model snapshots, or roll back to an earlier one")
     p.add_argument("action", choices=["list", "rollback"])

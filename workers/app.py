@@ -195,14 +195,7 @@ def create_worker(
 ) -> Worker:
     """Build a worker: a fresh Faust app with its topics, tables and agents."""
     if encoder is None:
-        from metaguide.embedding.encoder import TransformerEncoder
-
-        encoder = TransformerEncoder(
-            settings.model,
-            device=settings.device,
-            max_length=settings.max_length,
-            streams=settings.encoder_streams,
-        )
+        encoder = settings.open_encoder(streams=settings.encoder_streams)
     embedded = settings.broker_profile == "embedded"
     app = App(
         settings.app_id,

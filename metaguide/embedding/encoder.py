@@ -6,6 +6,7 @@ nothing is downloaded at run time. Any other encoder is a model id or a local fo
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -111,6 +112,17 @@ def thread_layout(device: torch.device, streams: int = 1, cores: int = 0) -> tup
     return streams, max(1, cores // streams)
 
 
+def _folder_options(folder: Path) -> dict[str, str]:
+    """A model folder's ``metaguide.json``: how metaguide runs the model (``prefix``)."""
+    try:
+        options = json.loads((folder / "metaguide.json").read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise EncoderError(f"{folder / 'metaguide.json'} is not readable JSON: {exc}") from exc
+    return {k: v for k, v in options.items() if isinstance(v, str)}
+
+
 class _Pooled(torch.nn.Module):
     """The transformer, mean pooling over real tokens and L2 normalisation: one module, so
     one graph to trace. Inputs are the tokenizer's tensors, in ``keys`` order."""
@@ -156,9 +168,13 @@ class TransformerEncoder:
         num_threads: int | None = None,
         streams: int = 1,
         trace: bool | None = None,
+        path: str | None = None,
     ) -> None:
-        path = default_model_path() if model == DEFAULT_MODEL else model
+        path = path or (default_model_path() if model == DEFAULT_MODEL else model)
         local = Path(path).is_dir()
+        # what the model was trained to see before every text (e5: "query: "), from the
+        # folder's metaguide.json (metaguide/embedding/e5.py writes one)
+        self.prefix = _folder_options(Path(path)).get("prefix", "") if local else ""
         # a hub id resolves from the local cache only, unless HF_HUB_OFFLINE=0 says otherwise
         offline = local or os.environ.get("HF_HUB_OFFLINE") != "0"
         if not local and os.environ.get("HF_HUB_OFFLINE") != "0":
@@ -194,6 +210,7 @@ class TransformerEncoder:
             backend.enable_truncation(max_length)
             self._by_word = type(backend.pre_tokenizer).__name__ in _WORD_SPLITTING
             self._special_tokens = backend.num_special_tokens_to_add(False)
+        self._prefix_tokens = self._count(self.prefix, special_tokens=False) if self.prefix else 0
         dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         self._model = AutoModel.from_pretrained(path, local_files_only=offline, dtype=dtype)
         self._model.to(self.device).eval()
@@ -205,6 +222,8 @@ class TransformerEncoder:
             self._trace()
 
     def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        if self.prefix:
+            texts = [self.prefix + text for text in texts]
         batch = self._tokenizer(
             texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
@@ -247,8 +266,8 @@ class TransformerEncoder:
         normalizer drops (a token or so: it only groups). Other tokenizers count the text.
         """
         if not self._by_word:
-            return self._count(text)
-        count, known = self._special_tokens, self._word_tokens
+            return self._count(self.prefix + text)
+        count, known = self._special_tokens + self._prefix_tokens, self._word_tokens
         for word in text.split():
             n = known.get(word)
             if n is None:
