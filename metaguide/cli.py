@@ -224,7 +224,27 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         return _eval_feedback(args, settings, data_dir)
     if args.what == "transfer":
         return _eval_transfer(args, settings, data_dir)
+    if args.what == "languages":
+        return _eval_languages(args, settings, data_dir)
     raise AssertionError(args.what)
+
+
+def _eval_languages(args: argparse.Namespace, settings: Settings, data_dir: Path) -> int:
+    from metaguide.embedding.models import BUNDLED
+    from metaguide.eval.languages import eval_languages, format_languages_table
+
+    models = args.models.split(",") if args.models else list(BUNDLED)
+    encoders = {m.removeprefix("bundled:"): settings.open_encoder(model=m) for m in models}
+    report = eval_languages(
+        encoders,
+        data_dir,
+        Path(settings.state_dir) / "embeddings",
+        episodes=args.language_episodes,
+        seed=args.seed,
+        progress=_stderr,
+    )
+    print(json.dumps(report, indent=2) if args.json else format_languages_table(report))
+    return 0
 
 
 def _myntra_titles(settings: Settings, data_dir: Path, encoder: Any = None) -> Any:
@@ -456,7 +476,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_replay)
 
     p = sub.add_parser("eval", help="offline evaluations on the real data sets")
-    p.add_argument("what", choices=["recommend", "fewshot", "crossdomain", "feedback", "transfer"])
+    p.add_argument(
+        "what",
+        choices=["recommend", "fewshot", "crossdomain", "feedback", "transfer", "languages"],
+    )
     p.add_argument("--data-dir", help="folder of the data sets (default: METAGUIDE_DATA_DIR)")
     p.add_argument("--cutoff", default="2011-11-01", help="temporal split date (recommend)")
     p.add_argument("--k", type=int, default=10)
@@ -468,6 +491,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--transfer-episodes", type=int, default=30, help="transfer: episodes per target and shots"
     )
     p.add_argument("--seeds", type=int, default=5, help="feedback: seeds (splits) to average")
+    p.add_argument(
+        "--models", help="languages: encoders to compare, comma-separated (default: the bundled)"
+    )
+    p.add_argument(
+        "--language-episodes", type=int, default=100, help="languages: episodes per measure"
+    )
     p.add_argument(
         "--target", default="Women", help="crossdomain: the held-out platform (a Myntra gender)"
     )

@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     # encoder calls side by side; 0 = auto (one per core up to four on a CPU, one on a GPU)
     encoder_streams: int = Field(default=0, ge=0)
     top_k: int = Field(default=3, ge=1)
+    # centring (metaguide/classify/centring.py): "platform" scores every platform with its
+    # mean taken out; groups of platforms that share their categories ("a,b;c,d") are
+    # always scored so, against the categories of the whole group
+    centring: Literal["off", "platform"] = "off"
+    platform_groups: str = ""
     click_batch_size: int = Field(default=1000, ge=1)
     click_batch_latency_s: float = Field(default=0.05, ge=0)
     click_wait_s: float = Field(default=30.0, gt=0)  # how long a click waits for its item's listing
@@ -106,21 +111,37 @@ class Settings(BaseSettings):
     ssl_cafile: str = ""
 
     @model_validator(mode="after")
+    def _check_platform_groups(self) -> Settings:
+        from metaguide.classify.centring import parse_groups
+
+        parse_groups(self.platform_groups)  # raises ValueError, which names the setting
+        return self
+
+    @property
+    def groups(self) -> dict[str, tuple[str, ...]]:
+        """Each grouped platform's group (itself first), from ``platform_groups``."""
+        from metaguide.classify.centring import parse_groups
+
+        return parse_groups(self.platform_groups)
+
+    @model_validator(mode="after")
     def _check_train_interval(self) -> Settings:
         if self.train_interval_s < 0 and self.train_interval_s != -1:
             raise ValueError("train_interval_s must be >= 0, or -1 for auto")
         return self
 
     def open_encoder(self, **overrides: Any) -> Any:
-        """The configured encoder (metaguide/embedding/models.py), on the configured device."""
+        """The configured encoder (metaguide/embedding/models.py), on the configured device;
+        ``overrides`` are open_encoder's arguments (another ``model``, ``streams``)."""
         from metaguide.embedding.models import open_encoder
 
         options: dict[str, Any] = {
+            "model": self.model,
             "device": self.device,
             "max_length": self.max_length,
             "models_dir": self.models_dir,
         }
-        return open_encoder(self.model, **(options | overrides))
+        return open_encoder(**(options | overrides))
 
     @property
     def embedded(self) -> EmbeddedProfile:

@@ -13,7 +13,10 @@ samples (``metaguide/samples``) and reports what happened:
   popularity; a few customers' histories and answers; a new customer's answers after 0, 1
   and 3 clicks;
 - adaptation: a training round on the labels the worker saw, the gate's decision for each
-  platform, and, if a snapshot is published, the same listings' accuracy after the swap.
+  platform, and, if a snapshot is published, the same listings' accuracy after the swap;
+- languages, when the encoder is a multilingual one (``METAGUIDE_MODEL``) and the data folder
+  has Chinese product titles: a Chinese platform learning from Chinese labels, and a Chinese
+  platform grouped with an English one, classified by English labels alone.
 
 ``quick`` runs classification and feedback only. Everything is shut down at the end.
 """
@@ -94,6 +97,7 @@ async def run_demo(
     say = progress or (lambda line: None)
     started = time.perf_counter()
     labelled, test, categories = _listings(data_path, shots, seed, max_test)
+    languages = None if quick else _language_listings(settings, shots, seed)
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as state_dir:
         settings = settings.with_(
             broker_url=broker.url,
@@ -103,6 +107,8 @@ async def run_demo(
             web_port=free_port(),
             review_budget_per_hour=DEMO_REVIEW_BUDGET_PER_HOUR,
             train_interval_s=0.0,  # the demo runs its one training round itself
+            # English labels classify Chinese listings: one category tree, two platforms
+            platform_groups=f"{CROSS_EN},{CROSS_CN}" if languages else settings.platform_groups,
         )
         say("starting the embedded broker and a worker")
         worker = create_worker(settings)
@@ -167,6 +173,11 @@ async def run_demo(
                 report["adaptation"] = await _adaptation(
                     worker, broker, producer, consumer, test, truth, feedback, timeout_s
                 )
+                if languages is not None:
+                    say("languages: a Chinese platform, and Chinese listings by English labels")
+                    report["languages"] = await _languages(
+                        worker, broker, producer, consumer, languages, timeout_s
+                    )
         finally:
             await consumer.stop()
             await producer.stop()
@@ -176,6 +187,7 @@ async def run_demo(
         "myntra": str(data_path),
         "flipkart": str(FLIPKART_SAMPLE),
         "online_retail": None if quick else str(RETAIL_SAMPLE),
+        "languages": settings.data_dir if languages else None,
     }
     report["total_s"] = time.perf_counter() - started
     return report
@@ -321,6 +333,113 @@ async def _relist(
     out = await _collect(consumer, prefix, len(events), max(1.0, deadline - time.monotonic()))
     await send
     return out
+
+
+# --------------------------------------------------------------------------- languages
+
+CN, CROSS_EN, CROSS_CN = "shop-cn", "group-en", "group-cn"
+MULTILINGUAL = ("bundled:multilingual-e5-small", "bundled:use-multilingual-v3")
+LANGUAGE_QUERIES = 15  # unlabelled listings per category
+
+
+def _language_listings(
+    settings: Settings, shots: int, seed: int
+) -> dict[str, tuple[list[Listing], list[Listing]]] | None:
+    """(labelled, unlabelled) listings of the languages section's platforms; None unless the
+    encoder is a multilingual one and the data folder has Chinese titles (they carry no
+    licence to ship: the demo reads them where they are)."""
+    from metaguide.eval.languages import CHINESE_FILE, load_chinese_titles, load_english_shared
+
+    data_dir = Path(settings.data_dir)
+    if settings.model not in MULTILINGUAL or not (data_dir / CHINESE_FILE).exists():
+        return None
+    rng = np.random.default_rng(seed)
+
+    def split(rows: list[Listing], platform: str, n_shots: int, n_queries: int) -> Any:
+        by_category: dict[str, list[Listing]] = {}
+        for row in rows:
+            by_category.setdefault(row.category, []).append(row)
+        labelled, unlabelled = [], []
+        for category, members in sorted(by_category.items()):
+            if len(members) < n_shots + n_queries:
+                continue
+            picked = [members[i] for i in rng.permutation(len(members))[: n_shots + n_queries]]
+            renamed = [
+                Listing(platform, f"{platform}-{x.item_id}", x.title, category, {}) for x in picked
+            ]
+            labelled += renamed[:n_shots]
+            unlabelled += renamed[n_shots:]
+        return labelled, unlabelled
+
+    chinese = load_chinese_titles(data_dir / CHINESE_FILE)
+    english = load_english_shared(data_dir)
+    shared = {x.category for x in english}
+    cn = split(chinese, CN, shots, LANGUAGE_QUERIES)
+    cross_en, _ = split(english, CROSS_EN, shots, 0)
+    _, cross_cn = split([x for x in chinese if x.category in shared], CROSS_CN, 0, LANGUAGE_QUERIES)
+    return {CN: cn, CROSS_EN: (cross_en, []), CROSS_CN: ([], cross_cn)}
+
+
+async def _languages(
+    worker: Any,
+    broker: EmbeddedBroker,
+    producer: AIOKafkaProducer,
+    consumer: AIOKafkaConsumer,
+    platforms: dict[str, tuple[list[Listing], list[Listing]]],
+    timeout_s: float,
+) -> dict[str, Any]:
+    """A Chinese platform learns from Chinese labels; a grouped one is classified by English
+    labels (centred, metaguide/classify/centring.py), then listed again once its mean holds
+    all its listings."""
+    settings = worker.settings
+    deadline = time.monotonic() + timeout_s
+    labelled = [x for rows, _ in platforms.values() for x in rows]
+    before = sum(worker.prototypes.categories().values())
+    await produce_events(
+        broker.bootstrap,
+        settings.topic("listings"),
+        (listing_event(x, labelled=True) for x in labelled),
+        key_field="item_id",
+        producer=producer,
+    )
+    await wait_until(
+        lambda: sum(worker.prototypes.categories().values()) >= before + len(labelled),
+        max(1.0, deadline - time.monotonic()),
+        f"{len(labelled)} labelled listings to reach the prototypes",
+    )
+    out: dict[str, Any] = {"encoder": settings.model}
+    for platform in (CN, CROSS_CN):
+        rows = platforms[platform][1]
+        truth = {x.item_id: x.category for x in rows}
+        first = await _relist(broker, producer, consumer, settings, rows, "lang-", deadline)
+        out[platform] = {
+            "categories": len(set(truth.values())),
+            "labelled": len(platforms[CROSS_EN if platform == CROSS_CN else CN][0]),
+            "listings": len(rows),
+            "accuracy_top1": _top1(list(first.values()), truth),
+        }
+        if platform == CROSS_CN:
+            again = await _relist(broker, producer, consumer, settings, rows, "lang2-", deadline)
+            out[platform]["accuracy_top1_again"] = _top1(list(again.values()), truth)
+    return out
+
+
+def _language_lines(g: dict[str, Any]) -> list[str]:
+    cn, cross = g[CN], g[CROSS_CN]
+    return [
+        f"5. Languages ({g['encoder']}; Chinese titles from the data folder)",
+        f"  {CN:<20} {cn['categories']} categories, {cn['labelled']} Chinese labelled listings:"
+        f" top-1 {_accuracy_line(cn)}",
+        f"  {CROSS_CN:<20} {cross['categories']} categories labelled in English only"
+        f" ({cross['labelled']} listings of {CROSS_EN}, one group): top-1 {_accuracy_line(cross)}",
+    ]
+
+
+def _accuracy_line(p: dict[str, Any]) -> str:
+    line = f"{p['accuracy_top1']:.3f} on {p['listings']} listings"
+    if "accuracy_top1_again" in p:
+        line += f", {p['accuracy_top1_again']:.3f} listed again (its mean known)"
+    return line
 
 
 # --------------------------------------------------------------------------- recommendations
@@ -563,6 +682,8 @@ def format_summary(s: dict[str, Any]) -> str:
         lines += ["", *_recommendation_lines(s["recommendations"])]
     if "adaptation" in s:
         lines += ["", *_adaptation_lines(s["adaptation"])]
+    if "languages" in s:
+        lines += ["", *_language_lines(s["languages"])]
     lines += ["", f"wall time {s['total_s']:.1f} s"]
     return "\n".join(lines)
 

@@ -27,5 +27,9 @@ class EncoderError(MetaguideError):
     """The encoder could not embed a batch."""
 
 
+class StateError(MetaguideError):
+    """The state a worker found is not one it can serve (another encoder built it)."""
+
+
 class BrokerError(MetaguideError):
     """The embedded broker could not be started or reached."""

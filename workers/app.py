@@ -21,6 +21,7 @@ from metaguide.config import Settings
 from metaguide.embedding.base import Embedder
 from metaguide.embedding.batching import MicroBatcher
 from metaguide.meta.snapshots import Snapshot
+from metaguide.meta.trainer import claim_state_encoder
 from metaguide.metrics import Metrics
 from workers.candidates import register_candidates
 from workers.clicks.path import ClickPath, register_click_path
@@ -159,7 +160,9 @@ class Worker:
             await asyncio.sleep(0.05)
 
     async def start(self) -> None:
-        """Start the app in this event loop (tests, demo) and wait until it is ready."""
+        """Check the deployment's state is this encoder's, start the app in this event loop
+        (tests, demo) and wait until it is ready."""
+        await claim_state_encoder(self.settings, self.encoder.model_id, self.encoder.dim)
         await self.app.start()
         await self.wait_ready()
 

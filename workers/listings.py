@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from faust.types import StreamT
 
+from metaguide.classify.centring import PlatformMeans
 from metaguide.classify.feedback import ReviewBudget, confidence, review_priority
 from metaguide.classify.labels import moves
 from metaguide.classify.prototypes import CategoryPrototypes, prototype_key
@@ -92,6 +93,11 @@ class ListingPath:
         self._last: dict[int, asyncio.Task[None]] = {}  # by partition: its latest step
         self._items_changelog = items.changelog_topic.get_topic_name()
         self._metric_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        # centring: every listing's embedding counts into its platform's mean, and the
+        # platforms so configured are scored centred (metaguide/classify/centring.py)
+        self.means = PlatformMeans()
+        self._means_seeded = False
+        self._centred_groups = ctx.settings.groups
 
     async def on_batch(self, tp: Any, messages: list[Any]) -> None:
         """What one fetch brought of a listings partition: tracked as Faust's streams track
@@ -206,6 +212,7 @@ class ListingPath:
                 await ctx.dead_letter(message, "encoder_error", detail)
             else:
                 embedded.append((message, listing, future.result()))
+        self._count_means(embedded)
         arrival_d2 = self._arrival_distances(embedded)
         for message, listing, vector in embedded:
             key = listing.item_id.encode()
@@ -235,6 +242,25 @@ class ListingPath:
             await self.store_items(partition, after_moves)
         for hook in self.on_items_stored:
             await hook(partition, stored)
+
+    def _count_means(self, embedded: list[tuple[Any, ListingEvent, np.ndarray]]) -> None:
+        """Every embedded listing into its platform's running mean; the first time, the
+        items this worker holds (its tables are recovered before any listing comes)."""
+        if not self._means_seeded:
+            self._means_seeded = True
+            seeded = self.means.seed(self.items.data.values())
+            log.info("platform means seeded from %d stored items", seeded)
+        by_platform: dict[str, list[np.ndarray]] = defaultdict(list)
+        for _, listing, vector in embedded:
+            by_platform[listing.platform].append(vector)
+        for platform, rows in by_platform.items():
+            self.means.add(platform, np.stack(rows))
+
+    def _centred_group(self, platform: str) -> tuple[str, ...] | None:
+        group = self._centred_groups.get(platform)
+        if group is None and self.ctx.settings.centring == "platform":
+            return (platform,)
+        return group
 
     def _arrival_distances(
         self, embedded: list[tuple[Any, ListingEvent, np.ndarray]]
@@ -285,7 +311,12 @@ class ListingPath:
             transform = None if adapter is None or adapter.is_identity() else adapter.apply
             heads = None if snapshot is None else snapshot.heads_for(platform)
             x = np.stack([v for _, v, _ in rows])
-            top = self.prototypes.nearest_many(platform, x, settings.top_k, transform, heads)
+            group = self._centred_group(platform)
+            if group is None:
+                top = self.prototypes.nearest_many(platform, x, settings.top_k, transform, heads)
+            else:  # the snapshot's adapter and heads are trained on uncentred embeddings
+                means = {p: self.means.mean(p) for p in group}
+                top = self.prototypes.nearest_centred(group, x, means, settings.top_k)
             novelty = self.prototypes.novelty_many(platform, x).tolist()
             support = self.prototypes.support(platform)
             margins = [confidence(top_k)[1] for top_k in top]

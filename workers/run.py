@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import gc
 import logging
@@ -11,6 +12,7 @@ from threadpoolctl import ThreadpoolController
 
 from metaguide.config import Settings
 from metaguide.kafka.client import check_broker
+from metaguide.meta.trainer import claim_state_encoder
 from workers.app import create_worker
 
 __all__ = ["run_worker", "tune_process"]
@@ -42,6 +44,13 @@ def run_worker(settings: Settings) -> None:
     # a wrong address fails here in seconds, with a message, not in Faust's retry loop
     check_broker(settings.broker_url.removeprefix("kafka://"))
     worker = create_worker(settings)
+    # state built by another encoder is refused before anything reads it
+    loop = asyncio.new_event_loop()  # its own: Faust's worker makes and keeps the main one
+    try:
+        claim = claim_state_encoder(settings, worker.encoder.model_id, worker.encoder.dim)
+        loop.run_until_complete(claim)
+    finally:
+        loop.close()
     tune_process()
     server = worker.metrics.serve(settings.metrics_port, settings.metrics_host)
     log.info(

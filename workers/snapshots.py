@@ -18,7 +18,7 @@ from typing import Any
 from metaguide.embedding.base import Embedder
 from metaguide.kafka.client import follow_topic, kafka_client_options
 from metaguide.meta.snapshots import SnapshotError, load_snapshot, parse_announcement
-from metaguide.meta.trainer import snapshot_store, train_once
+from metaguide.meta.trainer import STATE_ENCODER_KEY, snapshot_store, train_once
 from workers.context import WorkerContext
 
 __all__ = ["offer_snapshot", "register_snapshots"]
@@ -65,7 +65,8 @@ async def offer_snapshot(ctx: WorkerContext, encoder: Embedder, raw: bytes) -> b
 async def _watch(ctx: WorkerContext, encoder: Embedder, topic: Any) -> None:
     async def offer_all(records: list[Any]) -> None:
         for record in records:
-            await offer_snapshot(ctx, encoder, record.value)
+            if record.key != STATE_ENCODER_KEY:  # checked before the worker starts
+                await offer_snapshot(ctx, encoder, record.value)
 
     def caught_up() -> None:
         ctx.caught_up.add("snapshots")  # serving what was announced at start

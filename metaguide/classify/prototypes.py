@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -99,6 +99,20 @@ def softmax_scores(neg_distances: np.ndarray, temperature: float) -> np.ndarray:
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def _top_k(names: list[str], probs: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+    """The ``k`` most probable names of each row of ``probs``, with their probabilities."""
+    top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    top_probs = np.take_along_axis(probs, top, axis=1)
+    return [
+        [(names[i], p) for i, p in zip(row, row_probs, strict=True)]
+        for row, row_probs in zip(top.tolist(), top_probs.tolist(), strict=True)
+    ]
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 class CategoryPrototypes:
@@ -282,13 +296,7 @@ class CategoryPrototypes:
         else:
             dw, db = self._rows(platform, names, heads)
             d2 = (x * x).sum(1, keepdims=True) - x @ (2.0 * means + dw).T + (sq_norms - db)
-        probs = softmax_scores(-d2, self.temperature)
-        top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-        top_probs = np.take_along_axis(probs, top, axis=1)
-        return [
-            [(names[i], p) for i, p in zip(row, row_probs, strict=True)]
-            for row, row_probs in zip(top.tolist(), top_probs.tolist(), strict=True)
-        ]
+        return _top_k(names, softmax_scores(-d2, self.temperature), k)
 
     def _rows(
         self, platform: str, names: list[str], heads: HeadRows
@@ -313,6 +321,46 @@ class CategoryPrototypes:
         mapped = transform(means)
         self._mapped[platform] = (means, transform, (mapped, (mapped * mapped).sum(1)))
         return self._mapped[platform][2]
+
+    def nearest_centred(
+        self,
+        platforms: Sequence[str],
+        embeddings: np.ndarray,
+        means: Mapping[str, np.ndarray | None],
+        k: int = 3,
+    ) -> list[list[tuple[str, float]]]:
+        """Top-k (category, probability) for rows of ``platforms[0]``, against the
+        categories of every platform in ``platforms`` (a group that shares its categories),
+        by cosine between centred vectors (metaguide/classify/centring.py).
+
+        Each platform's mean (``means``; None = not known yet: that platform is not centred)
+        is taken out of its prototypes and out of the rows of its own listings; a category
+        that several platforms have is their count-weighted mix. Distances are those of unit
+        vectors, ``2 - 2 cos``, under the same temperature.
+        """
+        merged: dict[str, np.ndarray] = {}
+        counts: dict[str, int] = {}
+        for platform in platforms:
+            names, proto_means, _ = self._matrix(platform, check=platform == platforms[0])
+            if not names:
+                continue
+            shift = means.get(platform)
+            support = self._seen_counts[platform]
+            for name, row in zip(names, proto_means, strict=True):
+                n = support[name]
+                part = n * (row if shift is None else row - shift)
+                merged[name] = merged[name] + part if name in merged else part
+                counts[name] = counts.get(name, 0) + n
+        if not merged:
+            return [[] for _ in range(len(embeddings))]
+        names = sorted(merged)
+        protos = np.stack([merged[n] / counts[n] for n in names]).astype(np.float32)
+        x = np.asarray(embeddings, dtype=np.float32)
+        shift = means.get(platforms[0])
+        if shift is not None:
+            x = x - shift
+        d2 = 2.0 - 2.0 * _unit_rows(x) @ _unit_rows(protos).T
+        return _top_k(names, softmax_scores(-d2, self.temperature), k)
 
     def nearest_one(
         self,

