@@ -1,6 +1,7 @@
 """A Chinese platform: a worker running multilingual-e5-small, built offline from the installed
-packages, on the embedded broker. The titles are tests/data/chinese_titles.tsv (written for
-these tests: four categories, twelve products each)."""
+packages, on the embedded broker. The titles are tests/data/chinese_titles.tsv and
+english_titles.tsv (written for these tests: four categories, twelve Chinese and five English
+products each)."""
 
 from __future__ import annotations
 
@@ -22,21 +23,21 @@ from tests.conftest import read_topic, wait_until
 
 pytestmark = pytest.mark.integration
 
-TITLES = Path(__file__).resolve().parents[1] / "data" / "chinese_titles.tsv"
+DATA = Path(__file__).resolve().parents[1] / "data"
 E5 = "bundled:multilingual-e5-small"
 SHOTS = 5
 
 
-def _titles() -> dict[str, list[str]]:
+def _titles(name: str = "chinese_titles.tsv") -> dict[str, list[str]]:
     by_category: dict[str, list[str]] = defaultdict(list)
-    with TITLES.open(encoding="utf-8") as fh:
+    with (DATA / name).open(encoding="utf-8") as fh:
         for row in csv.DictReader(fh, delimiter="\t"):
             by_category[row["category"]].append(row["title"])
     return by_category
 
 
-def _listing(n: int, title: str, category: str | None) -> dict[str, Any]:
-    event = {"event_id": f"e{n}", "platform": "shop-cn", "item_id": f"cn{n}", "ts": time.time()}
+def _listing(n: int, title: str, category: str | None, platform: str = "shop-cn") -> dict[str, Any]:
+    event = {"event_id": f"e{n}", "platform": platform, "item_id": f"cn{n}", "ts": time.time()}
     event["title"] = title
     if category is not None:
         event["category"] = category
@@ -60,7 +61,10 @@ async def test_a_chinese_platform_learns_from_chinese_examples_on_e5(
     from metaguide.embedding.e5 import verify_e5
     from workers.app import create_worker
 
-    settings = worker_settings(model=E5, models_dir=str(tmp_path / "models"))
+    # shop-en's labels classify shop-cnx's listings: a group, scored centred
+    settings = worker_settings(
+        model=E5, models_dir=str(tmp_path / "models"), platform_groups="shop-en,shop-cnx"
+    )
     worker = create_worker(settings)  # builds the model folder from the packages, offline
     # the built model agrees with the package's own runtime
     assert verify_e5(worker.encoder) > 0.999
@@ -90,6 +94,31 @@ async def test_a_chinese_platform_learns_from_chinese_examples_on_e5(
         accuracy = right / len(queries)
         print(f"Chinese listings, {SHOTS} labelled per category: top-1 {accuracy:.3f}")
         assert accuracy >= 0.8  # 4-way; chance is 0.25
+
+        # English labels only, Chinese listings of the grouped platform
+        english = [(t, c) for c, rows in _titles("english_titles.tsv").items() for t in rows]
+        events = [_listing(2000 + n, t, c, "shop-en") for n, (t, c) in enumerate(english)]
+        await produce_events(
+            broker.bootstrap, settings.topic("listings"), events, key_field="item_id"
+        )
+        await wait_until(
+            lambda: sum(worker.prototypes.categories("shop-en").values()) == len(english),
+            60,
+            "the English labelled listings folded into prototypes",
+        )
+        events = [_listing(3000 + n, t, None, "shop-cnx") for n, (t, _) in enumerate(queries)]
+        await produce_events(
+            broker.bootstrap, settings.topic("listings"), events, key_field="item_id"
+        )
+        out = await read_topic(
+            broker.bootstrap, settings.topic("classifications"), 2 * len(queries)
+        )
+        truth = {f"cn{3000 + n}": c for n, (_, c) in enumerate(queries)}
+        cross = [r for r in out if r["item_id"] in truth]
+        assert len(cross) == len(queries) and {r["platform"] for r in cross} == {"shop-cnx"}
+        right = sum(r["top_k"][0]["category"] == truth[r["item_id"]] for r in cross)
+        print(f"Chinese listings by English labels: top-1 {right / len(queries):.3f}")
+        assert right / len(queries) >= 0.6
 
         # a snapshot built for another encoder is refused; the worker keeps serving its own
         store = snapshot_store(settings)
