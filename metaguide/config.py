@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from metaguide.errors import ConfigError
@@ -110,12 +110,13 @@ class Settings(BaseSettings):
     sasl_password: SecretStr = SecretStr("")
     ssl_cafile: str = ""
 
-    @model_validator(mode="after")
-    def _check_platform_groups(self) -> Settings:
+    @field_validator("platform_groups")
+    @classmethod
+    def _check_platform_groups(cls, value: str) -> str:
         from metaguide.classify.centring import parse_groups
 
-        parse_groups(self.platform_groups)  # raises ValueError, which names the setting
-        return self
+        parse_groups(value)  # raises ValueError: the error names the setting
+        return value
 
     @property
     def groups(self) -> dict[str, tuple[str, ...]]:

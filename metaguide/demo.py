@@ -15,8 +15,9 @@ samples (``metaguide/samples``) and reports what happened:
 - adaptation: a training round on the labels the worker saw, the gate's decision for each
   platform, and, if a snapshot is published, the same listings' accuracy after the swap;
 - languages, when the encoder is a multilingual one (``METAGUIDE_MODEL``) and the data folder
-  has Chinese product titles: a Chinese platform learning from Chinese labels, and a Chinese
-  platform grouped with an English one, classified by English labels alone.
+  has the Chinese product titles and the full Myntra and Flipkart files: a Chinese platform
+  learning from Chinese labels, and a Chinese platform grouped with an English one,
+  classified by English labels alone.
 
 ``quick`` runs classification and feedback only. Everything is shut down at the end.
 """
@@ -349,9 +350,11 @@ def _language_listings(
     encoder is a multilingual one and the data folder has Chinese titles (they carry no
     licence to ship: the demo reads them where they are)."""
     from metaguide.eval.languages import CHINESE_FILE, load_chinese_titles, load_english_shared
+    from metaguide.eval.myntra import FLIPKART_FILE, MYNTRA_FILE
 
     data_dir = Path(settings.data_dir)
-    if settings.model not in MULTILINGUAL or not (data_dir / CHINESE_FILE).exists():
+    needed = (CHINESE_FILE, MYNTRA_FILE, FLIPKART_FILE)
+    if settings.model not in MULTILINGUAL or not all((data_dir / f).exists() for f in needed):
         return None
     rng = np.random.default_rng(seed)
 

@@ -75,3 +75,16 @@ def test_a_bad_events_file_names_the_line(
     events.write_text('{"item_id": "a"}\nnot json\n')
     err = run(["replay", "events", "--topic", "listings", "--file", str(events)], capsys)
     assert f"{events}:2: not JSON" in err
+
+
+def test_platform_groups_with_a_platform_twice_are_refused(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("METAGUIDE_PLATFORM_GROUPS", "shop-en,shop-cn;shop-cn,shop-de")
+    err = run(["snapshot", "list"], capsys)
+    assert "METAGUIDE_PLATFORM_GROUPS" in err and "'shop-cn' is in two groups" in err
+
+
+def test_only_the_multilingual_e5_model_is_prepared(capsys: pytest.CaptureFixture[str]) -> None:
+    err = run(["model", "prepare", "bundled:use-multilingual-v3"], capsys)
+    assert "only bundled:multilingual-e5-small is built" in err
