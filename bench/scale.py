@@ -8,8 +8,10 @@ items are equal). What is measured is what a worker keeps in its tables (Faust's
 is a dict of key -> value):
 - per item: the ``items`` table value (platform, category, fp16 embedding in base64, ts) plus
   its copy in the ``catalog`` global table;
-- per user: the ``users`` table value (up to 3 float32 prototypes in base64, click count,
-  last 64 event ids, purchases) after 1 to 5 clicks, as cold-start users have;
+- per user, after 1 to 5 clicks, as cold-start users have: the ``users`` table value at rest
+  (its changelog record: up to 3 prototypes as fp16 directions in base64 and their lengths,
+  click count, last event ids, purchases, JSON) and live (the profile object a click makes of
+  it: float32 rows, one per prototype);
 - scoring: one recommendation (prototypes against the bounded candidate set) as the catalog
   grows; the candidate set is capped (2,000 popular + 500 newest), so this stays flat.
 Memory is traced with tracemalloc (Python objects, not the process RSS). Writes
@@ -33,7 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from metaguide.config import Settings  # noqa: E402
-from metaguide.contracts.codec import vector_to_b64  # noqa: E402
+from metaguide.contracts.codec import encode_json, vector_to_b64  # noqa: E402
 from metaguide.embedding.cache import embed_cached  # noqa: E402
 from metaguide.embedding.encoder import TransformerEncoder  # noqa: E402
 from metaguide.eval.retail import RETAIL_FILE, load_online_retail  # noqa: E402
@@ -74,13 +76,11 @@ def measure_items(vectors: np.ndarray) -> float:
     return used / len(vectors)
 
 
-def measure_users(n: int, vectors: np.ndarray, seed: int = 0) -> float:
-    """Bytes per user profile state after 1-5 clicks."""
+def cold_start_profiles(n: int, vectors: np.ndarray, seed: int = 0) -> list[UserProfile]:
+    """``n`` profiles after 1 to 5 clicks each, as cold-start users have."""
     rng = random.Random(seed)
     config = ProfileConfig()
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    users: dict[bytes, Any] = {}
+    out = []
     for u in range(n):
         profile = UserProfile()
         for c in range(rng.randint(1, 5)):
@@ -93,10 +93,36 @@ def measure_users(n: int, vectors: np.ndarray, seed: int = 0) -> float:
                 item_id=f"item-{i}",
                 config=config,
             )
-        users[user_key("shop", f"user-{u}").encode()] = profile.to_state()
+        out.append(profile)
+    return out
+
+
+def measure_users(n: int, vectors: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """Bytes per cold-start user in the users table, in its two forms: at rest (the
+    changelog's JSON bytes, as a recovered worker holds them until the user clicks) and live
+    (the profile object a click turns it into)."""
+    profiles = cold_start_profiles(n, vectors, seed)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    users: dict[bytes, Any] = {}
+    for u, profile in enumerate(profiles):
+        # a copy exactly as long as the record, as a consumer's record value is
+        users[user_key("shop", f"user-{u}").encode()] = bytes(
+            bytearray(encode_json(profile.to_state()))
+        )
+    at_rest = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    del profiles, users
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    live = {
+        user_key("shop", f"user-{u}").encode(): profile
+        for u, profile in enumerate(cold_start_profiles(n, vectors, seed))
+    }
     used = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
-    return used / n
+    assert len(live) == n
+    return at_rest / n, used / n
 
 
 def scoring_ms(vectors: np.ndarray, seed: int = 0) -> float:
@@ -152,12 +178,13 @@ def main() -> None:
         print(f"items {n}: {items[-1]}", file=sys.stderr, flush=True)
     users = []
     for n in user_counts:
-        per_user = measure_users(n, vectors[:10_000])
+        at_rest, live = measure_users(n, vectors[:10_000])
         users.append(
             {
                 "users": n,
-                "bytes_per_user": round(per_user),
-                "total_mb": round(per_user * n / 2**20, 1),
+                "bytes_per_user": round(at_rest),
+                "bytes_per_live_user": round(live),
+                "total_mb": round(at_rest * n / 2**20, 1),
             }
         )
         print(f"users {n}: {users[-1]}", file=sys.stderr, flush=True)

@@ -75,7 +75,7 @@ class UserProfile:
     )
 
     def __init__(self) -> None:
-        self._rows: np.ndarray | None = None  # (max_prototypes, d) float32, first k in use
+        self._rows: np.ndarray | None = None  # (k, d) float32, one row per prototype
         self._scales: list[float] = []  # sum i = _scales[i] * _rows[i]
         self._sq_norms: list[float] = []  # |_rows[i]|^2
         self.weights: list[float] = []
@@ -128,7 +128,7 @@ class UserProfile:
             self._add(best, weight, vec, best_dot)
             self.weights[best] += weight
         else:
-            self._new(weight, vec, ts, config.max_prototypes)
+            self._new(weight, vec, ts)
         self.clicks += 1
         self.last_ts = max(self.last_ts, ts)
         self.recent.append(event_id)
@@ -145,10 +145,10 @@ class UserProfile:
         self._rows[i] += np.float32(a) * vec  # type: ignore[index]
         self._sq_norms[i] += 2.0 * a * dot + a * a
 
-    def _new(self, weight: float, vec: np.ndarray, ts: float, capacity: int) -> None:
+    def _new(self, weight: float, vec: np.ndarray, ts: float) -> None:
         k = len(self._scales)
-        if self._rows is None or k == len(self._rows):
-            rows = np.zeros((max(capacity, k + 1), len(vec)), dtype=np.float32)
+        if self._rows is None or k == len(self._rows):  # grown a row at a time (at most 3)
+            rows = np.zeros((k + 1, len(vec)), dtype=np.float32)
             if self._rows is not None:
                 rows[:k] = self._rows[:k]
             self._rows = rows
@@ -187,11 +187,17 @@ class UserProfile:
     # -- state -------------------------------------------------------------------------------
 
     def to_state(self) -> dict[str, Any]:
+        """The profile as the users table's changelog holds it: each prototype's sum as its
+        direction in fp16 (``h``, base64) and its length (``m``): a direction needs no more
+        than the item embeddings it is summed from, and a long-decayed sum, far below fp16's
+        smallest number, keeps its direction."""
+        prototypes = []
+        for total, w, t in zip(self.sums, self.weights, self.times, strict=True):
+            norm = float(np.linalg.norm(total))
+            unit = total / norm if norm > 0 else total
+            prototypes.append({"h": vector_to_b64(unit), "m": norm, "w": w, "t": t})
         return {
-            "p": [
-                {"s": vector_to_b64(s, np.float32), "w": w, "t": t}
-                for s, w, t in zip(self.sums, self.weights, self.times, strict=True)
-            ],
+            "p": prototypes,
             "n": self.clicks,
             "recent": list(self.recent),
             "bought": dict(self.bought),
@@ -203,11 +209,18 @@ class UserProfile:
         profile = cls()
         if not state:
             return profile
-        sums = [vector_from_b64(p["s"], np.float32) for p in state["p"]]
-        if sums:
-            profile._rows = np.stack(sums)
-            profile._scales = [1.0] * len(sums)
-            profile._sq_norms = [float(s @ s) for s in sums]
+        rows, scales = [], []
+        for p in state["p"]:
+            if "h" in p:
+                rows.append(vector_from_b64(p["h"]))
+                scales.append(float(p["m"]) or 1.0)  # an empty sum: a zero row, scale 1
+            else:  # written before fp16 directions: the sum in float32
+                rows.append(vector_from_b64(p["s"], np.float32))
+                scales.append(1.0)
+        if rows:
+            profile._rows = np.stack(rows)
+            profile._scales = scales
+            profile._sq_norms = [float(r @ r) for r in rows]
         profile.weights = [float(p["w"]) for p in state["p"]]
         profile.times = [float(p["t"]) for p in state["p"]]
         profile.clicks = int(state["n"])

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from metaguide.contracts.codec import vector_to_b64
 from metaguide.contracts.events import decode_recommendation_request, parse_k
 from metaguide.errors import SchemaViolation
 from metaguide.eval.recommend import ranking_metrics
@@ -81,9 +82,44 @@ def test_state_round_trips_through_json(clicks: list[tuple[int, str]]) -> None:
     profile = UserProfile()
     for n, (i, action) in enumerate(clicks):
         apply(profile, unit(i), n, action=action)
-    again = UserProfile.from_state(json.loads(json.dumps(profile.to_state())))
-    assert again.to_state() == profile.to_state()
+    state = profile.to_state()
+    again = UserProfile.from_state(json.loads(json.dumps(state)))
+    restored = again.to_state()
+    # everything but the sums exactly; the sums as fp16 directions and float lengths
+    assert [(p["w"], p["t"]) for p in restored["p"]] == [(p["w"], p["t"]) for p in state["p"]]
+    assert {k: v for k, v in restored.items() if k != "p"} == {
+        k: v for k, v in state.items() if k != "p"
+    }
+    for before, after in zip(profile.sums, again.sums, strict=True):
+        assert np.linalg.norm(after) == pytest.approx(np.linalg.norm(before), rel=1e-3)
+        cosine = before @ after / (np.linalg.norm(before) * np.linalg.norm(after))
+        assert cosine > 0.9999
     assert len(again.sums) <= ProfileConfig().max_prototypes
+
+
+def test_a_state_written_with_float32_sums_still_loads() -> None:
+    profile = UserProfile()
+    apply(profile, unit(1), 1)
+    apply(profile, unit(2), 2, action="purchase")
+    old = profile.to_state()
+    for p, total in zip(old["p"], profile.sums, strict=True):
+        del p["h"], p["m"]
+        p["s"] = vector_to_b64(total, np.float32)
+    again = UserProfile.from_state(old)
+    for before, after in zip(profile.sums, again.sums, strict=True):
+        np.testing.assert_array_equal(before, after)
+
+
+def test_a_long_idle_profile_keeps_its_direction() -> None:
+    profile = UserProfile()
+    apply(profile, unit(3), 1)
+    idle = int(40 * ProfileConfig().half_life_s)  # the first sum decays to about 1e-12
+    apply(profile, unit(5), idle)
+    assert 0 < np.linalg.norm(profile.sums[0]) < 1e-10  # far below fp16's smallest number
+    again = UserProfile.from_state(profile.to_state())
+    first = again.sums[0]
+    assert first.argmax() == 3
+    assert np.linalg.norm(first) == pytest.approx(np.linalg.norm(profile.sums[0]), rel=1e-3)
 
 
 def _catalog(
