@@ -134,9 +134,11 @@ def throughput_section(
 def scale_section(r: dict[str, Any]) -> list[str]:
     users = r["users"][-1]
     items = r["items"][-1]
+    live = users.get("bytes_per_live_user")
+    live_text = f"; {live:,} bytes once it clicks again (a live profile object)" if live else ""
     return [
         f"Memory (`bench/scale.py`): {users['bytes_per_user']:,} bytes per cold-start user "
-        f"profile ({users['total_mb']:,} MB for {users['users']:,} users), "
+        f"profile at rest ({users['total_mb']:,} MB for {users['users']:,} users{live_text}), "
         f"{items['bytes_per_item']:,} bytes per item ({items['total_mb']:,} MB for "
         f"{items['items']:,} items); one recommendation takes {items['recommend_ms_p50']} ms "
         "at that size (the candidate set is capped).",

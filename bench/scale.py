@@ -6,8 +6,9 @@ Synthetic ids over real item embeddings (Online Retail's 4,000 product descripti
 by the bundled MiniLM; item i reuses description i mod 4,000, with a little noise so no two
 items are equal). What is measured is what a worker keeps in its tables (Faust's memory store
 is a dict of key -> value):
-- per item: the ``items`` table value (platform, category, fp16 embedding in base64, ts) plus
-  its copy in the ``catalog`` global table;
+- per item: the ``items`` table value (the encoded item: platform, category, listing time,
+  the event id that set it, and the fp16 embedding's raw bytes) plus its copy in the catalog
+  replica;
 - per user, after 1 to 5 clicks, as cold-start users have: the ``users`` table value at rest
   (its changelog record: up to 3 prototypes as fp16 directions in base64 and their lengths,
   click count, last event ids, purchases, JSON) and live (the profile object a click makes of
@@ -27,6 +28,7 @@ import statistics
 import sys
 import time
 import tracemalloc
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from metaguide.config import Settings  # noqa: E402
-from metaguide.contracts.codec import encode_json, vector_to_b64  # noqa: E402
+from metaguide.contracts.codec import encode_json  # noqa: E402
+from metaguide.contracts.internal import item_record  # noqa: E402
 from metaguide.embedding.cache import embed_cached  # noqa: E402
 from metaguide.embedding.encoder import TransformerEncoder  # noqa: E402
 from metaguide.eval.retail import RETAIL_FILE, load_online_retail  # noqa: E402
@@ -61,13 +64,15 @@ def item_vectors(base: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
 
 
 def measure_items(vectors: np.ndarray) -> float:
-    """Bytes per item held in the items table and the catalog replica."""
+    """Bytes per item held in the items table and the catalog replica: the encoded item
+    (``contracts.internal.Item``) under its key, as both hold it."""
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     items: dict[bytes, Any] = {}
     catalog: dict[bytes, Any] = {}
     for i, v in enumerate(vectors):
-        value = {"platform": "shop", "category": None, "emb": vector_to_b64(v), "ts": 1.7e9 + i}
+        # an event id as producers make them (a UUID)
+        value = item_record("shop", None, v, 1.7e9 + i, str(uuid.UUID(int=i))).encode()
         key = f"item-{i}".encode()
         items[key] = value
         catalog[key] = value  # same object in-process; a separate copy on another worker

@@ -242,7 +242,11 @@ def create_worker(
     )
     partitions = settings.partitions
     items = table(
-        app, "items", partitions, "item_id -> base embedding (fp16, base64), platform, category"
+        app,
+        "items",
+        partitions,
+        "item_id -> the item, encoded (contracts.internal.Item): platform, label, fp16 embedding",
+        value_type=bytes,
     )
     # The running sums are read-modify-written by the worker that owns the category's
     # partition of category-updates; a GlobalTable cannot be that table (each worker also

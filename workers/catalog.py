@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from metaguide.contracts.codec import decode_json
 from metaguide.kafka.client import follow_topic, kafka_client_options
 from workers.context import WorkerContext
 
@@ -31,11 +30,10 @@ async def follow_items(ctx: WorkerContext, items: Any, catalog: dict[bytes, Any]
         for record in records:
             if record.key is None:
                 continue
-            item = decode_json(record.value) if record.value is not None else None
-            if item is None:
+            if record.value is None:
                 catalog.pop(record.key, None)  # a tombstone: the item was removed
             else:
-                catalog[record.key] = item
+                catalog[record.key] = record.value  # the encoded Item, decoded when read
 
     def caught_up() -> None:
         ctx.caught_up.add("catalog")

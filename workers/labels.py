@@ -29,6 +29,7 @@ from faust.types import EventT, StreamT
 from metaguide.classify.labels import moves, relabelled
 from metaguide.contracts.codec import encode_json
 from metaguide.contracts.events import LabelEvent, check_key, decode_label
+from metaguide.contracts.internal import Item
 from metaguide.errors import SchemaViolation
 from metaguide.kafka.partitioner import key_partition
 from workers.context import WorkerContext
@@ -142,30 +143,30 @@ class LabelPath:
         item_id = label.item_ids[0]
         key = item_id.encode()
         store = self.listings.items.data
-        before = store[key]
-        if before["platform"] != label.platform:
-            detail = f"item {item_id[:80]!r} is listed on {before['platform']!r}"
+        before = Item.decode(store[key])
+        if before.platform != label.platform:
+            detail = f"item {item_id[:80]!r} is listed on {before.platform!r}"
             await ctx.dead_letter(event.message, "platform_mismatch", detail)
             return
-        if before.get("src") == label.event_id:  # delivered again after it was stored
+        if before.src == label.event_id:  # delivered again after it was stored
             ctx.metrics.duplicates_skipped.labels(event.message.topic).inc()
             return
         ctx.metrics.labels_applied.labels(label.source).inc()
         if label.review_id is not None:
             ctx.metrics.reviews_answered.inc()
-        if before["category"] == label.category:
+        if before.category == label.category:
             return  # a confirmation: nothing moves
-        if before["category"] is not None and label.category is not None:
+        if before.category is not None and label.category is not None:
             ctx.metrics.label_corrections.inc()
         after = relabelled(before, label.category, label.event_id)
-        store[key] = after
+        raw = store[key] = after.encode()
         await asyncio.gather(*self.listings.send_moves(moves(item_id, before, after)))
-        await self.listings.store_items(partition, [(key, encode_json(after))])
+        await self.listings.store_items(partition, [(key, raw)])
 
-    async def items_stored(self, partition: int, stored: list[tuple[str, dict[str, Any]]]) -> None:
+    async def items_stored(self, partition: int, stored: list[tuple[str, Item, bytes]]) -> None:
         """Listings were stored (in their partition's sequence): the labels that waited for
         them are applied now."""
-        for item_id, _ in stored:
+        for item_id, _, _ in stored:
             waiting = self.waiting.pop(item_id, None)
             for w in waiting or ():
                 try:

@@ -30,7 +30,7 @@ from metaguide.classify.labels import moves
 from metaguide.classify.prototypes import CategoryPrototypes, prototype_key
 from metaguide.contracts.codec import encode_json
 from metaguide.contracts.events import ListingEvent, check_key, decode_listing
-from metaguide.contracts.internal import CategoryUpdate, NovelListing, item_record
+from metaguide.contracts.internal import CategoryUpdate, Item, NovelListing, item_record
 from metaguide.contracts.records import classification_record, review_record
 from metaguide.embedding.batching import MicroBatcher
 from metaguide.errors import SchemaViolation
@@ -42,8 +42,8 @@ __all__ = ["InFlight", "ListingPath", "register_listing_path"]
 
 log = logging.getLogger("metaguide.listings")
 
-# listings stored: (partition, [(item id, the items table's value)])
-ItemsStored = Callable[[int, list[tuple[str, dict[str, Any]]]], Awaitable[None]]
+# listings stored: (partition, [(item id, the item, the items table's value: it encoded)])
+ItemsStored = Callable[[int, list[tuple[str, Item, bytes]]], Awaitable[None]]
 Records = list[tuple[bytes, bytes]]
 
 
@@ -201,7 +201,7 @@ class ListingPath:
         changelog: Records = []  # items that move nothing
         after_moves: Records = []  # items whose moves go first (and later versions of them)
         moved_keys: set[bytes] = set()
-        stored: list[tuple[str, dict[str, Any]]] = []
+        stored: list[tuple[str, Item, bytes]] = []
         updates: list[CategoryUpdate] = []
         unlabelled: dict[str, list[tuple[ListingEvent, np.ndarray, str]]] = defaultdict(list)
         embedded: list[tuple[Any, ListingEvent, np.ndarray]] = []
@@ -216,20 +216,21 @@ class ListingPath:
         arrival_d2 = self._arrival_distances(embedded)
         for message, listing, vector in embedded:
             key = listing.item_id.encode()
-            before = store.get(key)
+            raw = store.get(key)
+            before = None if raw is None else Item.decode(raw)
             category = listing.category
-            if category is None and before is not None and before["platform"] == listing.platform:
-                category = before["category"]  # a label belongs to the item, not the listing
+            if category is None and before is not None and before.platform == listing.platform:
+                category = before.category  # a label belongs to the item, not the listing
             item = item_record(listing.platform, category, vector, listing.ts, listing.event_id)
             moved = moves(listing.item_id, before, item, arrival_d2.get(listing.event_id))
-            store[key] = item
+            raw = store[key] = item.encode()
             if moved or key in moved_keys:  # stored once its moves are delivered
                 updates += moved
                 moved_keys.add(key)
-                after_moves.append((key, encode_json(item)))
+                after_moves.append((key, raw))
             else:
-                changelog.append((key, encode_json(item)))
-            stored.append((listing.item_id, item))
+                changelog.append((key, raw))
+            stored.append((listing.item_id, item, raw))
             if listing.category is None:
                 unlabelled[listing.platform].append((listing, vector, message.topic))
         sends = self.send_moves(updates)  # to other partitions: side by side, each in order
@@ -248,7 +249,7 @@ class ListingPath:
         items this worker holds (its tables are recovered before any listing comes)."""
         if not self._means_seeded:
             self._means_seeded = True
-            seeded = self.means.seed(self.items.data.values())
+            seeded = self.means.seed(Item.decode(raw) for raw in self.items.data.values())
             log.info("platform means seeded from %d stored items", seeded)
         by_platform: dict[str, list[np.ndarray]] = defaultdict(list)
         for _, listing, vector in embedded:

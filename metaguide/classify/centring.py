@@ -14,12 +14,11 @@ and a category that several platforms of a group share is their count-weighted m
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable
 
 import numpy as np
 
-from metaguide.contracts.codec import vector_from_b64
+from metaguide.contracts.internal import Item
 
 __all__ = ["MIN_LISTINGS", "PlatformMeans", "parse_groups"]
 
@@ -46,12 +45,12 @@ class PlatformMeans:
             self._sums[platform] = total
         self._counts[platform] = self._counts.get(platform, 0) + len(rows)
 
-    def seed(self, items: Iterable[Mapping[str, Any]]) -> int:
-        """Count stored items (the items table's values) in; returns how many."""
+    def seed(self, items: Iterable[Item]) -> int:
+        """Count stored items in; returns how many."""
         by_platform: dict[str, list[np.ndarray]] = {}
         n = 0
         for item in items:
-            by_platform.setdefault(item["platform"], []).append(vector_from_b64(item["emb"]))
+            by_platform.setdefault(item.platform, []).append(item.vector)
             n += 1
         for platform, rows in by_platform.items():
             self.add(platform, np.stack(rows))

@@ -13,43 +13,39 @@ The worker (``workers/listings.py``, ``workers/labels.py``) and the feedback eva
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import numpy as np
 
 from metaguide.classify.prototypes import CategoryPrototypes
-from metaguide.contracts.codec import vector_from_b64
-from metaguide.contracts.internal import CategoryUpdate, item_record
+from metaguide.contracts.internal import CategoryUpdate, Item
 
 __all__ = ["OUT_SUFFIX", "apply_moves", "moves", "relabelled"]
 
 OUT_SUFFIX = "/out"  # the id of the update that takes an event's item out of its old category
 
 
-def _contribution(item: Mapping[str, Any] | None) -> tuple[str, str, str] | None:
-    """(platform, category, base64 embedding) an item adds to a prototype, if labelled."""
-    if item is None or item.get("category") is None:
+def _contribution(item: Item | None) -> tuple[str, str, bytes] | None:
+    """(platform, category, fp16 embedding) an item adds to a prototype, if labelled."""
+    if item is None or item.category is None:
         return None
-    return item["platform"], item["category"], item["emb"]
+    return item.platform, item.category, item.emb
 
 
 def moves(
     item_id: str,
-    before: Mapping[str, Any] | None,
-    after: Mapping[str, Any],
+    before: Item | None,
+    after: Item,
     nearest_d2: float | None = None,
 ) -> list[CategoryUpdate]:
     """The category updates that take ``item_id`` from ``before`` (None: not stored yet) to
-    ``after``, which the event ``after["src"]`` made. ``nearest_d2`` (the embedding's
+    ``after``, which the event ``after.src`` made. ``nearest_d2`` (the embedding's
     distance to the nearest prototype, as the listing arrived) goes with the addition.
 
     Idempotent across redelivery: the updates' ids derive from that event's id (the owner
     skips an id it applied), and an event that ``before`` already records (its updates were
     delivered before the item was stored) moves nothing.
     """
-    event_id = after["src"]
-    if before is not None and before.get("src") == event_id:
+    event_id = after.src
+    if before is not None and before.src == event_id:
         return []
     old, new = _contribution(before), _contribution(after)
     if old == new:
@@ -57,20 +53,20 @@ def moves(
     out = []
     if old is not None:
         platform, category, emb = old
-        vector = vector_from_b64(emb).astype(np.float32)
+        vector = np.frombuffer(emb, dtype="<f2").astype(np.float32)
         out.append(CategoryUpdate(event_id + OUT_SUFFIX, platform, category, vector, -1, item_id))
     if new is not None:
         platform, category, emb = new
-        vector = vector_from_b64(emb).astype(np.float32)
+        vector = np.frombuffer(emb, dtype="<f2").astype(np.float32)
         if nearest_d2 is not None and not np.isfinite(nearest_d2):
             nearest_d2 = None  # the platform's first prototype: nothing was near
         out.append(CategoryUpdate(event_id, platform, category, vector, 1, item_id, nearest_d2))
     return out
 
 
-def relabelled(item: Mapping[str, Any], category: str | None, event_id: str) -> dict[str, Any]:
+def relabelled(item: Item, category: str | None, event_id: str) -> Item:
     """The item with a new label (None: no label) set by the event ``event_id``."""
-    return item_record(item["platform"], category, item["emb"], item["ts"], event_id)
+    return item._replace(category=category, src=event_id)
 
 
 def apply_moves(prototypes: CategoryPrototypes, updates: list[CategoryUpdate]) -> int:

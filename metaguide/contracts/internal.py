@@ -9,14 +9,16 @@
   item's embedding once, for the profile agent.
 - ``novel-listings`` (key: platform): listings far from every prototype, with their base
   embedding, for the platform's candidate categories.
-- the ``items`` table's value: an item's platform, current label, base embedding, time, and
-  the event that set what it contributes to a prototype.
+- the ``items`` table's value (:class:`Item`, binary): an item's platform, current label, base
+  embedding, time, and the event that set what it contributes to a prototype.
 
 Packs are lists of rows, not objects: the click path's cost is per message and per field.
 """
 
 from __future__ import annotations
 
+import base64
+import struct
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -28,6 +30,7 @@ __all__ = [
     "PACK_KEY",
     "PACK_MAX_ROWS",
     "CategoryUpdate",
+    "Item",
     "JoinedClick",
     "NovelListing",
     "RoutedClick",
@@ -177,10 +180,52 @@ def decode_user_update_pack(raw: bytes | None) -> tuple[list[JoinedClick], dict[
     return [JoinedClick._make(row) for row in pack["updates"]], pack["embs"]
 
 
+class Item(NamedTuple):
+    """The ``items`` table's value: an item's platform, current label, base embedding (fp16
+    bytes), listing time, and ``src``, the id of the event that set its label or embedding
+    last. The table and its changelog hold it encoded (:meth:`encode`: 1 format byte, the
+    small fields as JSON, then the embedding's raw bytes), about 860 bytes for 384
+    dimensions against 1,180 as JSON with the embedding in base64."""
+
+    platform: str
+    category: str | None
+    emb: bytes
+    ts: float
+    src: str
+
+    @property
+    def vector(self) -> np.ndarray:
+        """The base embedding as float32."""
+        return np.frombuffer(self.emb, dtype="<f2").astype(np.float32)
+
+    def emb_b64(self) -> str:
+        """The embedding's base64, as JSON messages carry it."""
+        return base64.b64encode(self.emb).decode("ascii")
+
+    def encode(self) -> bytes:
+        head = encode_json([self.platform, self.category, self.ts, self.src])
+        return _ITEM_FORMAT + struct.pack("<H", len(head)) + head + self.emb
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Item:
+        """An encoded item, or one written as JSON (the format before this one). Raises
+        ValueError, KeyError, TypeError or struct.error on bytes that are neither."""
+        if raw[:1] == _ITEM_FORMAT:
+            (size,) = struct.unpack_from("<H", raw, 1)
+            platform, category, ts, src = decode_json(raw[3 : 3 + size])
+            return cls(platform, category, raw[3 + size :], ts, src)
+        old = decode_json(raw)
+        emb = base64.b64decode(old["emb"])
+        return cls(old["platform"], old["category"], emb, old["ts"], old.get("src", ""))
+
+
+_ITEM_FORMAT = b"\x01"
+
+
 def item_record(
-    platform: str, category: str | None, embedding: np.ndarray | str, ts: float, source: str
-) -> dict[str, Any]:
-    """The ``items`` table's value: the base embedding in fp16 (or already as its base64),
-    and ``source``, the id of the event that set the item's label or embedding last."""
-    emb = embedding if isinstance(embedding, str) else vector_to_b64(embedding)
-    return {"platform": platform, "category": category, "emb": emb, "ts": ts, "src": source}
+    platform: str, category: str | None, embedding: np.ndarray | bytes, ts: float, source: str
+) -> Item:
+    """An item, its base embedding stored in fp16 (``embedding``: a vector, or its fp16
+    bytes already), set by the event ``source``."""
+    emb = embedding if isinstance(embedding, bytes) else np.asarray(embedding, "<f2").tobytes()
+    return Item(platform, category, emb, ts, source)

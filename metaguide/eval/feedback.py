@@ -33,7 +33,7 @@ import numpy as np
 from metaguide.classify.feedback import CandidateClusters, confidence, review_priority
 from metaguide.classify.labels import apply_moves, moves, relabelled
 from metaguide.classify.prototypes import CategoryPrototypes
-from metaguide.contracts.internal import item_record
+from metaguide.contracts.internal import Item, item_record
 from metaguide.eval.fewshot import TitleSet
 from metaguide.eval.stats import mean_ci
 
@@ -49,7 +49,7 @@ class Catalogue:
     def __init__(self, x: np.ndarray, temperature: float) -> None:
         self.x = x
         self.prototypes = CategoryPrototypes(temperature=temperature)
-        self.items: dict[int, dict[str, Any]] = {}
+        self.items: dict[int, Item] = {}
         self._events = 0
 
     def label(self, i: int, category: str | None) -> None:

@@ -10,6 +10,7 @@ import jsonschema
 import numpy as np
 import pytest
 
+from metaguide.contracts.internal import Item
 from metaguide.eval.myntra import few_shot_split, listing_event, load_myntra
 from metaguide.kafka.client import read_to_end
 from metaguide.kafka.replay import produce_events
@@ -72,7 +73,7 @@ async def test_a_correction_moves_the_item_and_the_next_similar_listing_follows_
     assert _counts(worker)["Watches"] == 5
     after = worker.prototypes.get("myntra", "Watches")
     np.testing.assert_allclose(after.sum, watches.sum, atol=1e-5)  # as if never mislabelled
-    assert worker.items[tie.item_id.encode()]["category"] == "Ties"
+    assert Item.decode(worker.items[tie.item_id.encode()]).category == "Ties"
     assert worker.metrics.value(worker.metrics.label_corrections) == 1
     # the same title listed as another item now goes to the corrected category
     again = {**listing_event(tie, labelled=False), "item_id": "another", "event_id": "x2"}

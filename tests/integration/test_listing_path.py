@@ -13,6 +13,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from metaguide.contracts.codec import encode_json
+from metaguide.contracts.internal import Item
 from metaguide.eval.myntra import few_shot_split, listing_event, load_myntra
 from metaguide.kafka.replay import produce_events
 from metaguide.waiting import wait_until_async
@@ -335,6 +336,6 @@ async def test_two_listings_of_one_item_are_applied_in_their_topic_order(
         # the item moved from Watches to Socks
         moved = {"myntra\x1fWatches": 0, "myntra\x1fSocks": 1}
         await wait_until(lambda: worker.prototypes.categories() == moved, 30, "both listings")
-        assert worker.items[b"same"]["category"] == "Socks"
+        assert Item.decode(worker.items[b"same"]).category == "Socks"
     finally:
         await worker.stop()

@@ -15,7 +15,7 @@ from typing import Any
 
 from faust.types import EventT
 
-from metaguide.contracts.codec import encode_json, vector_from_b64
+from metaguide.contracts.codec import encode_json
 from metaguide.contracts.events import (
     check_key,
     check_platform,
@@ -23,6 +23,7 @@ from metaguide.contracts.events import (
     decode_recommendation_request,
     parse_k,
 )
+from metaguide.contracts.internal import Item
 from metaguide.errors import SchemaViolation
 from metaguide.meta.snapshots import BASE_MODEL_VERSION
 from metaguide.recommend.profiles import user_key
@@ -83,10 +84,11 @@ class Recommender:
         records = [r for r in list(self.summaries.replica.values()) if r["platform"] == platform]
         rows = []
         clock = 0.0
-        for key, value in list(self.catalog.items()):
-            if value["platform"] == platform:
-                rows.append((key.decode(), vector_from_b64(value["emb"]), float(value["ts"])))
-                clock = max(clock, float(value["ts"]))
+        for key, raw in list(self.catalog.items()):
+            item = Item.decode(raw)
+            if item.platform == platform:
+                rows.append((key.decode(), item.vector, float(item.ts)))
+                clock = max(clock, float(item.ts))
         if not rows:
             return None
         clock = max([clock] + [r["clock"] for r in records if r["kind"] == "pop"])

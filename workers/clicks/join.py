@@ -21,6 +21,7 @@ from faust.types import EventT, StreamT
 from metaguide.contracts.codec import encode_json
 from metaguide.contracts.internal import (
     PACK_KEY,
+    Item,
     RoutedClick,
     chunks,
     decode_click_pack,
@@ -36,7 +37,7 @@ __all__ = ["ClickJoin"]
 
 log = logging.getLogger("metaguide.clicks")
 
-Joined = dict[int, list[tuple[RoutedClick, dict[str, Any]]]]  # by item partition
+Joined = dict[int, list[tuple[RoutedClick, Item]]]  # by item partition
 
 
 @dataclass
@@ -82,15 +83,17 @@ class ClickJoin:
                 await self.ctx.dead_letter(message, "bad_pack", repr(exc))
                 continue
             for row in rows:
-                item = items.get(row.item_id.encode())
-                if item is None:
+                raw = items.get(row.item_id.encode())
+                if raw is None:
                     pack.outstanding += 1
                     self.waiting[row.item_id].append(_Waiting(row, now, pack))
-                elif item["platform"] != row.platform:
+                    continue
+                item = Item.decode(raw)
+                if item.platform != row.platform:
                     await self._dead_letter_click(
                         row,
                         "platform_mismatch",
-                        f"item {row.item_id[:80]!r} is listed on {item['platform']!r}, "
+                        f"item {row.item_id[:80]!r} is listed on {item.platform!r}, "
                         f"the click is on {row.platform!r}",
                     )
                 else:
@@ -100,18 +103,18 @@ class ClickJoin:
         for pack in packs:
             await self._done(pack)
 
-    async def release(self, item_id: str, item: dict[str, Any], partition: int) -> None:
+    async def release(self, item_id: str, item: Item, partition: int) -> None:
         """The listing of ``item_id`` is stored: join the clicks that waited for it."""
         waiting = self.waiting.pop(item_id, None)
         if not waiting:
             return
         ready = []
         for w in waiting:
-            if item["platform"] == w.row.platform:
+            if item.platform == w.row.platform:
                 ready.append((w.row, item))
             else:
                 await self._dead_letter_click(
-                    w.row, "platform_mismatch", f"item is listed on {item['platform']!r}"
+                    w.row, "platform_mismatch", f"item is listed on {item.platform!r}"
                 )
         await self._apply_joined({partition: ready})
         for w in waiting:
@@ -166,7 +169,8 @@ class ClickJoin:
                 touched.add(row.platform)
                 user_partition = key_partition(row.user_id.encode(), partitions)
                 updates[user_partition].append(row.joined())
-                embeddings[row.item_id] = item["emb"]
+                if row.item_id not in embeddings:
+                    embeddings[row.item_id] = item.emb_b64()
             for platform in touched:
                 entries = popularity[platform]
                 clock = max(t for _, t in entries.values())

@@ -22,6 +22,7 @@ from aiokafka import TopicPartition
 from faust.types import EventT, StreamT
 
 from metaguide.config import Settings
+from metaguide.contracts.internal import Item
 from metaguide.recommend.profiles import UserProfile
 from metaguide.recommend.scoring import RecommendConfig
 from workers.batches import EventBatches
@@ -64,12 +65,12 @@ class ClickPath:
     def profile(self, key: bytes) -> UserProfile:
         return self.profiles.profile(key)
 
-    async def items_stored(self, partition: int, stored: list[tuple[str, dict[str, Any]]]) -> None:
+    async def items_stored(self, partition: int, stored: list[tuple[str, Item, bytes]]) -> None:
         """Listings were stored: recommendation candidates at once, and the clicks that
         waited for them are joined."""
         catalog, waiting = self.catalog, self.join.waiting
-        for item_id, item in stored:
-            catalog[item_id.encode()] = item
+        for item_id, item, raw in stored:
+            catalog[item_id.encode()] = raw
             if item_id in waiting:
                 await self.join.release(item_id, item, partition)
 
