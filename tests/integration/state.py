@@ -137,10 +137,11 @@ def compare_states(got: dict[str, Any], expected: dict[str, Any]) -> None:
         # 30-day half-life) arrival order moves the totals by under 2e-4. The changelog
         # holds each sum as an fp16 direction and a length: an element is then off by up to
         # half an fp16 step of its sum's length (2^-12 of it) on each side, and again after
-        # each restart that reloads the profile and writes it back (a dozen in the SIGKILL
-        # cycles): 2^-8 of the length covers 16 roundings. A click lost or counted twice
-        # moves the mass by a whole weighted unit vector, and the counts and event ids above
-        # would differ.
+        # each restart that reloads the profile and writes it back (one per SIGKILL cycle):
+        # 2^-8 of the length is 16 such steps, the most that 100 cycles' random rounding
+        # errors add up to in practice (their sum grows as the square root). A click lost or
+        # counted twice moves the mass by a whole weighted unit vector, and the counts and
+        # event ids above would differ.
         tolerance = 1e-3 + 2.0**-8 * max(have["length"], want["length"])
         np.testing.assert_allclose(have["mass"], want["mass"], rtol=1e-3, atol=tolerance)
         assert have["weight"] == pytest.approx(want["weight"], rel=1e-3)

@@ -2,7 +2,7 @@
 
 One worker process (``metaguide worker``) is killed with SIGKILL at a random point of each
 cycle (after a random share of that cycle's events was read) and restarted, for
-``METAGUIDE_CRASH_CYCLES`` cycles (12 by default; set more for a longer run). Then a last
+``METAGUIDE_CRASH_CYCLES`` cycles (8 by default; set more for a longer run). Then a last
 worker finishes the stream. Its final tables, read from their changelogs, must equal those of
 a second app that processed the same events without crashes:
 
@@ -40,7 +40,7 @@ from tests.integration.state import compare_states, complete, final_state, send,
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1200)]
 
-CYCLES = int(os.environ.get("METAGUIDE_CRASH_CYCLES", "12"))
+CYCLES = int(os.environ.get("METAGUIDE_CRASH_CYCLES", "8"))
 
 
 class WorkerProcess:
