@@ -51,16 +51,18 @@ def moves(
     if old == new:
         return []
     out = []
-    if old is not None:
-        platform, category, emb = old
-        vector = np.frombuffer(emb, dtype="<f2").astype(np.float32)
-        out.append(CategoryUpdate(event_id + OUT_SUFFIX, platform, category, vector, -1, item_id))
+    if old is not None and before is not None:
+        platform, category, _ = old
+        out.append(
+            CategoryUpdate(event_id + OUT_SUFFIX, platform, category, before.vector, -1, item_id)
+        )
     if new is not None:
-        platform, category, emb = new
-        vector = np.frombuffer(emb, dtype="<f2").astype(np.float32)
+        platform, category, _ = new
         if nearest_d2 is not None and not np.isfinite(nearest_d2):
             nearest_d2 = None  # the platform's first prototype: nothing was near
-        out.append(CategoryUpdate(event_id, platform, category, vector, 1, item_id, nearest_d2))
+        out.append(
+            CategoryUpdate(event_id, platform, category, after.vector, 1, item_id, nearest_d2)
+        )
     return out
 
 

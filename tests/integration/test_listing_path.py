@@ -306,15 +306,22 @@ async def test_the_fetch_wait_goes_long_while_the_encoder_is_saturated_then_back
 
 
 class _SlowFirstModel:
-    """A stand-in model for one property: texts with "slow" in them take half a second."""
+    """A stand-in model for one property: a call on a text with "slow" in it ends only once
+    a call on another text has ended."""
 
     model_id = "stand-in"
     dim = 4
     streams = 2  # two model calls side by side, as the worker runs on two cores
 
+    def __init__(self) -> None:
+        self.other_done = threading.Event()
+
     def embed_many(self, texts: list[str]) -> np.ndarray:
         if any("slow" in text for text in texts):
-            time.sleep(0.5)
+            if not self.other_done.wait(timeout=30):
+                raise TimeoutError("no other model call ended")
+        else:
+            self.other_done.set()
         rows = [[1.0, 0, 0, 0] if "slow" in text else [0, 1.0, 0, 0] for text in texts]
         return np.array(rows, dtype=np.float32)
 

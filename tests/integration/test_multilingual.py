@@ -44,6 +44,44 @@ def _listing(n: int, title: str, category: str | None, platform: str = "shop-cn"
     return event
 
 
+async def _learn(
+    broker: Any,
+    settings: Any,
+    worker: Any,
+    platform: str,
+    labelled: list[tuple[str, str]],
+    first: int,
+) -> None:
+    """Send ``platform``'s labelled listings (item ids from ``first`` on) and wait until
+    they are folded into its prototypes."""
+    events = [_listing(first + n, t, c, platform) for n, (t, c) in enumerate(labelled)]
+    await produce_events(broker.bootstrap, settings.topic("listings"), events, key_field="item_id")
+    await wait_until(
+        lambda: sum(worker.prototypes.categories(platform).values()) == len(labelled),
+        60,
+        f"{platform}'s labelled listings folded into prototypes",
+    )
+
+
+async def _classify(
+    broker: Any,
+    settings: Any,
+    platform: str,
+    queries: list[tuple[str, str]],
+    first: int,
+    before: int,
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Send ``queries`` unlabelled on ``platform``; their classifications (the topic held
+    ``before`` others) and their true categories by item id."""
+    events = [_listing(first + n, t, None, platform) for n, (t, _) in enumerate(queries)]
+    await produce_events(broker.bootstrap, settings.topic("listings"), events, key_field="item_id")
+    out = await read_topic(
+        broker.bootstrap, settings.topic("classifications"), before + len(queries)
+    )
+    truth = {f"cn{first + n}": c for n, (_, c) in enumerate(queries)}
+    return [r for r in out if r["item_id"] in truth], truth
+
+
 class _OtherEncoder:
     """Stands for any other encoder: another id, another space."""
 
@@ -75,21 +113,8 @@ async def test_a_chinese_platform_learns_from_chinese_examples_on_e5(
         for category, rows in titles.items():
             labelled += [(title, category) for title in rows[:SHOTS]]
             queries += [(title, category) for title in rows[SHOTS:]]
-        events = [_listing(n, t, c) for n, (t, c) in enumerate(labelled)]
-        await produce_events(
-            broker.bootstrap, settings.topic("listings"), events, key_field="item_id"
-        )
-        await wait_until(
-            lambda: sum(worker.prototypes.categories("shop-cn").values()) == len(labelled),
-            60,
-            "the labelled listings folded into prototypes",
-        )
-        events = [_listing(1000 + n, t, None) for n, (t, _) in enumerate(queries)]
-        await produce_events(
-            broker.bootstrap, settings.topic("listings"), events, key_field="item_id"
-        )
-        out = await read_topic(broker.bootstrap, settings.topic("classifications"), len(events))
-        truth = {f"cn{1000 + n}": c for n, (_, c) in enumerate(queries)}
+        await _learn(broker, settings, worker, "shop-cn", labelled, 0)
+        out, truth = await _classify(broker, settings, "shop-cn", queries, 1000, 0)
         right = sum(r["top_k"][0]["category"] == truth[r["item_id"]] for r in out)
         accuracy = right / len(queries)
         print(f"Chinese listings, {SHOTS} labelled per category: top-1 {accuracy:.3f}")
@@ -97,24 +122,8 @@ async def test_a_chinese_platform_learns_from_chinese_examples_on_e5(
 
         # English labels only, Chinese listings of the grouped platform
         english = [(t, c) for c, rows in _titles("english_titles.tsv").items() for t in rows]
-        events = [_listing(2000 + n, t, c, "shop-en") for n, (t, c) in enumerate(english)]
-        await produce_events(
-            broker.bootstrap, settings.topic("listings"), events, key_field="item_id"
-        )
-        await wait_until(
-            lambda: sum(worker.prototypes.categories("shop-en").values()) == len(english),
-            60,
-            "the English labelled listings folded into prototypes",
-        )
-        events = [_listing(3000 + n, t, None, "shop-cnx") for n, (t, _) in enumerate(queries)]
-        await produce_events(
-            broker.bootstrap, settings.topic("listings"), events, key_field="item_id"
-        )
-        out = await read_topic(
-            broker.bootstrap, settings.topic("classifications"), 2 * len(queries)
-        )
-        truth = {f"cn{3000 + n}": c for n, (_, c) in enumerate(queries)}
-        cross = [r for r in out if r["item_id"] in truth]
+        await _learn(broker, settings, worker, "shop-en", english, 2000)
+        cross, truth = await _classify(broker, settings, "shop-cnx", queries, 3000, len(queries))
         assert len(cross) == len(queries) and {r["platform"] for r in cross} == {"shop-cnx"}
         right = sum(r["top_k"][0]["category"] == truth[r["item_id"]] for r in cross)
         print(f"Chinese listings by English labels: top-1 {right / len(queries):.3f}")
