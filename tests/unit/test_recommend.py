@@ -97,6 +97,20 @@ def test_state_round_trips_through_json(clicks: list[tuple[int, str]]) -> None:
     assert len(again.sums) <= ProfileConfig().max_prototypes
 
 
+def test_a_prototype_follows_its_exact_sum_over_many_decayed_clicks() -> None:
+    config = ProfileConfig()
+    profile, exact = UserProfile(), np.zeros(D)
+    hours = 3600
+    for n in range(2000):
+        vec = unit(0, noise=0.03, seed=n)  # one taste: every click joins the first prototype
+        exact *= 0.5 ** (hours / config.half_life_s) if n else 1.0
+        exact += config.action_weights["click"] * vec.astype(np.float64)
+        apply(profile, vec, n * hours)
+    (total,) = profile.sums
+    assert np.linalg.norm(total) == pytest.approx(np.linalg.norm(exact), rel=1e-3)
+    assert total @ exact / (np.linalg.norm(total) * np.linalg.norm(exact)) > 0.9999
+
+
 def test_a_state_written_with_float32_sums_still_loads() -> None:
     profile = UserProfile()
     apply(profile, unit(1), 1)
