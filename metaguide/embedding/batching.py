@@ -1,13 +1,14 @@
 """Micro-batching in front of a model: many callers, one model call per batch.
 
 Callers from every partition ``await embed_one(text)``. A single runner task cuts a batch
-when it holds ``max_batch_size`` texts or when its oldest text has waited ``max_latency_s``,
-then runs the model in a worker thread so the event loop (Kafka polling, heartbeats) never
-waits on it. Up to ``concurrency`` batches are in the model at once (one thread each: on a
-CPU, two single-threaded model calls side by side get more done than one call on two
-threads); while they run, new texts queue up for the next batch. When the model fails on a
-batch, the batch is split until the failing texts are found: only their callers get the
-error, every other text of the batch its vector.
+at once when the model is idle; while a batch is in the model, when the queue holds
+``max_batch_size`` texts or its oldest text has waited ``max_latency_s``. It runs the model
+in a worker thread so the event loop (Kafka polling, heartbeats) never waits on it. Up to
+``concurrency`` batches are in the model at once (one thread each: on a CPU, two
+single-threaded model calls side by side get more done than one call on two threads); while
+they run, new texts queue up for the next batch. When the model fails on a batch, the batch
+is split until the failing texts are found: only their callers get the error, every other
+text of the batch its vector.
 
 Given a ``length`` (a text's token count), a batch cut from a queue longer than a batch
 takes texts of about the same length together (:func:`pick_batch`): the model pads every
@@ -165,8 +166,11 @@ class MicroBatcher:
             while not self._queue or len(self._running) >= self.concurrency:
                 self._wakeup.clear()
                 await self._wakeup.wait()
+            # an idle model takes what is queued at once (a lone text does not wait for
+            # company); while a batch is in the model, texts gather for up to the latency
+            # budget, since the busy streams get through little else meanwhile
             deadline = self._queue[0].enqueued + self.max_latency_s
-            while len(self._queue) < self.max_batch_size:
+            while self._running and len(self._queue) < self.max_batch_size:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break

@@ -119,6 +119,40 @@ async def test_up_to_concurrency_batches_run_side_by_side(concurrency: int) -> N
     await batcher.close()
 
 
+async def test_an_idle_model_takes_a_lone_text_at_once() -> None:
+    model = RecordingModel()
+    batcher = MicroBatcher(model, max_batch_size=32, max_latency_s=60.0, concurrency=2)
+    # the latency budget is a minute: only an idle model's dispatch returns within the timeout
+    vector = await asyncio.wait_for(batcher.embed_one("t-7"), 5)
+    assert float(vector[0]) == 7.0
+    await batcher.close()
+
+
+async def test_while_a_batch_is_in_the_model_texts_gather_for_the_next() -> None:
+    release, entered = threading.Event(), threading.Event()
+    calls: list[list[str]] = []
+
+    def held(texts: list[str]) -> np.ndarray:
+        calls.append(list(texts))
+        if texts == ["t-0"]:
+            entered.set()
+            release.wait(5)
+        return np.array([[float(t.split("-")[-1])] for t in texts], dtype=np.float32)
+
+    batcher = MicroBatcher(held, max_batch_size=3, max_latency_s=60.0, concurrency=2)
+    first = asyncio.ensure_future(batcher.embed_one("t-0"))
+    await wait_until(entered.is_set, 5, "the first text in the model at once")
+    # a stream is free, but one batch is in the model: these wait for a full batch
+    rest = [asyncio.ensure_future(batcher.embed_one(f"t-{i}")) for i in (1, 2)]
+    await wait_until(lambda: batcher.queued == 2, 5, "two texts queued")
+    third = asyncio.ensure_future(batcher.embed_one("t-3"))
+    await asyncio.wait_for(asyncio.gather(*rest, third), 5)  # full: cut without the budget
+    release.set()
+    await asyncio.wait_for(first, 5)
+    assert calls == [["t-0"], ["t-1", "t-2", "t-3"]]
+    await batcher.close()
+
+
 def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="max_batch_size"):
         MicroBatcher(RecordingModel(), max_batch_size=0)
