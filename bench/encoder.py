@@ -17,7 +17,7 @@
    round and the raw encoder measured again (both layouts), so each round has a baseline
    measured just before and just after it: this machine's speed drifts by 10% and more
    within a minute, and one pair of figures is at its mercy;
-4. latency: after the last round the same worker gets listings at half and at full the
+4. latency: after the last round the same worker gets listings at a quarter, half and all of the
    throughput it just showed, --load-seconds each, one at a time at a steady pace; event
    time to classification, p50 and p99.
 
@@ -221,7 +221,7 @@ async def bench_rounds(
             )
             if r == rounds - 1 and load_seconds > 0:
                 rate = results[-1]["pipeline_items_per_s"]
-                for name, share in (("half_load", 0.5), ("full_load", 1.0)):
+                for name, share in (("quarter_load", 0.25), ("half_load", 0.5), ("full_load", 1.0)):
                     latency[name] = await paced_latency(
                         broker.bootstrap, settings, worker, test, share * rate, load_seconds, name
                     )
